@@ -1,0 +1,28 @@
+# vaerun: two commands do everything from a fresh clone: `make train` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install train test test-all clean
+
+install: $(STAMP)
+
+# Redone only when pyproject.toml changes (the stamp is older than it).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+train: install
+	$(BIN)/vaerun train $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-all: install
+	$(BIN)/python -m pytest -q -m '' $(ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info vaerun.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

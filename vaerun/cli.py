@@ -1,0 +1,84 @@
+"""`vaerun <command> ...`: a thin dispatcher. No torch import here (tab completion imports it)."""
+from __future__ import annotations
+
+import os
+import sys
+
+COMMANDS = {
+    "train": "train a VAE: vaerun train [group=option ...] [key=value ...]; -m to sweep",
+}
+
+USAGE = """usage: vaerun <command> [args]
+
+A Hydra-driven experiment runner for variational autoencoders.
+
+commands:
+{commands}
+
+`vaerun <command> --help` shows a command's options; `vaerun train --help` lists every config
+group, option and key. Documentation: README.md.
+"""
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    return USAGE.format(commands="\n".join(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()))
+
+
+def _train(args: list[str]) -> int:
+    from vaerun.config import register_configs
+    from vaerun.confcheck import check, should_check
+
+    register_configs()
+    if should_check(args):
+        problem = check(args)
+        if problem:
+            print(f"vaerun train: config error: {problem}", file=sys.stderr)
+            return 2
+    from vaerun.app import train_main
+
+    sys.argv = [sys.argv[0], *args]
+    train_main()
+    return 0
+
+
+def _completion(args: list[str]) -> int:
+    """Hydra's shell completion calls `vaerun -sc query=bash` with COMP_LINE='vaerun train ...':
+    drop the subcommand from COMP_LINE so Hydra completes the train config."""
+    words = os.environ.get("COMP_LINE", "").split(" ")
+    if len(words) < 3:
+        print(" ".join(COMMANDS))
+        return 0
+    cmd = words.pop(1)
+    os.environ["COMP_LINE"] = " ".join(words)
+    os.environ["COMP_POINT"] = str(max(int(os.environ.get("COMP_POINT", "0")) - len(cmd) - 1, 0))
+    return _train(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if args[0] == "--version":
+        from vaerun import __version__
+
+        print(f"vaerun {__version__}")
+        return 0
+    if args[0] in ("-sc", "--shell-completion"):
+        return _completion(args)
+    command, rest = args[0], args[1:]
+    if command == "train":
+        return _train(rest)
+    print(f"vaerun: unknown command '{command}'. Commands: {', '.join(COMMANDS)}\n"
+          f"  fix: vaerun train ... (vaerun --help lists every command)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run() -> None:
+    """Console-script entry point: exit with main()'s status."""
+    sys.exit(main())

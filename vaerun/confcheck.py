@@ -1,0 +1,92 @@
+"""Checks a `vaerun train` command line before Hydra runs it, and turns Hydra/OmegaConf
+composition errors into one short message naming the key, the value and the fix."""
+from __future__ import annotations
+
+import difflib
+import re
+from importlib import resources
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+from vaerun.config import GROUPS, validate
+from vaerun.errors import ConfigError
+
+# Hydra's own flags; with any of these the command line is Hydra's business, not ours.
+_HYDRA_FLAGS = {"-m", "--multirun", "-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-p",
+                "--package", "-sc", "--shell-completion", "-cp", "--config-path", "-cn", "--config-name",
+                "-cd", "--config-dir", "--experimental-rerun", "--resolve"}
+
+
+def available_options(group: str) -> list[str]:
+    """The options of a config group: the YAML files in vaerun/conf/<group>/."""
+    folder = resources.files("vaerun.conf") / group
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def should_check(args: list[str]) -> bool:
+    return not any(a.split("=")[0] in _HYDRA_FLAGS for a in args)
+
+
+def _override_value(overrides: list[str], key: str) -> Optional[str]:
+    for o in overrides:
+        k, _, v = o.lstrip("+~").partition("=")
+        if k == key:
+            return v
+    return None
+
+
+def _suggest(word: str, choices: list[str]) -> Optional[str]:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def explain(exc: BaseException, overrides: list[str], defaults) -> str:
+    """A one-screen message for a composition error (no traceback)."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    text = str(exc)
+    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+    if missing:
+        group, option = missing.group(1), missing.group(2)
+        options = available_options(group) if group in GROUPS else []
+        best = _suggest(option, options) or (options[0] if options else "...")
+        return (f"{group}={option}: there is no {group} option '{option}'. Available: {', '.join(options)}.\n"
+                f"  fix: {group}={best}")
+    full_key = getattr(cause, "full_key", None)
+    first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    if full_key and "Could not override" in text or type(cause).__name__ in ("ConfigAttributeError", "ConfigKeyError"):
+        key = full_key or re.search(r"'([^']+)'", text).group(1)
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(defaults, parent) if parent else defaults
+        valid = sorted(k for k in node.keys() if k != "hydra") if node is not None else []
+        best = _suggest(leaf, valid)
+        value = _override_value(overrides, key)
+        fix = f"{parent + '.' if parent else ''}{best}={value}" if best else "check the spelling"
+        return (f"{key}={value}: there is no config key '{key}'. Valid keys{' under ' + parent if parent else ''}: "
+                f"{', '.join(valid)}.\n  fix: {fix} (`vaerun train --help` lists every key and its default)")
+    if type(cause).__name__ == "MissingMandatoryValue":
+        return f"{full_key}=???: this key has no value and needs one.\n  fix: pass {full_key}=<value>"
+    if full_key:  # a wrong type or an invalid choice
+        value = _override_value(overrides, full_key)
+        default = OmegaConf.select(defaults, full_key, default=None)
+        choices = re.search(r"expected one of \[([^\]]*)\]", first)
+        fix = (f"use one of: {choices.group(1)}" if choices else f"e.g. {full_key}={default} (the default)")
+        return f"{full_key}={value}: {first}.\n  fix: {fix}"
+    return f"{first}\n  fix: check the command line (`vaerun train --help` lists groups, options and keys)"
+
+
+def check(overrides: list[str]) -> Optional[str]:
+    """None when the overrides compose into a valid config; otherwise the message to print."""
+    from hydra import compose, initialize_config_module
+
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    with initialize_config_module("vaerun.conf", version_base="1.3"):
+        defaults = compose("train")
+        try:
+            cfg = compose("train", overrides=overrides)
+            validate(OmegaConf.to_object(cfg))
+        except ConfigError as err:
+            return str(err)
+        except Exception as err:  # Hydra/OmegaConf composition errors of every kind
+            return explain(err, overrides, defaults)
+    return None

@@ -1,0 +1,264 @@
+"""Typed config schemas (the only place that knows the config's shape) and boundary validation.
+
+Every YAML under ``vaerun/conf/<group>/`` names the schema of its group in its defaults list,
+so Hydra rejects typo'd keys and wrong types while composing. Semantic checks (negative β,
+zero batch size, ...) live in :func:`validate` and raise :class:`ConfigError`, which names the
+key, the value and the fix. No torch import here: the CLI and tab completion import this module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from omegaconf import MISSING
+
+from vaerun.errors import ConfigError
+
+
+# ---------------------------------------------------------------- choices (Enums, not Literal:
+# OmegaConf 2.3 rejects Literal; an Enum typo lists the valid values).
+class DatasetName(Enum):
+    shapes = "shapes"
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
+    cifar10 = "cifar10"
+    image_folder = "image_folder"
+
+
+class Binarize(Enum):
+    none = "none"
+    static = "static"
+    dynamic = "dynamic"
+
+
+class ModelName(Enum):
+    mlp = "mlp"
+    conv = "conv"
+
+
+class Activation(Enum):
+    relu = "relu"
+    leaky_relu = "leaky_relu"
+    elu = "elu"
+    gelu = "gelu"
+    silu = "silu"
+    tanh = "tanh"
+
+
+class Init(Enum):
+    default = "default"
+    xavier = "xavier"
+    kaiming = "kaiming"
+
+
+class LikelihoodName(Enum):
+    bernoulli = "bernoulli"
+    gaussian = "gaussian"
+
+
+# σ of the Gaussian likelihood: none = fixed at `sigma`; global = one learned σ; channel = one
+# learned σ per image channel; pixel = the decoder predicts log σ per pixel from z. ("global" is a
+# Python keyword, hence the functional Enum API.)
+LearnSigma = Enum("LearnSigma", {"none": "none", "global": "global", "channel": "channel", "pixel": "pixel"})
+
+
+class ScheduleName(Enum):
+    constant = "constant"
+    linear = "linear"
+    cyclical = "cyclical"
+    sigmoid = "sigmoid"
+
+
+class OptimizerName(Enum):
+    adam = "adam"
+    adamw = "adamw"
+    rmsprop = "rmsprop"
+    sgd = "sgd"
+
+
+class LRScheduler(Enum):
+    none = "none"
+    cosine = "cosine"
+    step = "step"
+    plateau = "plateau"
+
+
+class Device(Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Progress(Enum):
+    auto = "auto"  # a live bar on an interactive terminal under the basic launcher, else log lines
+    bar = "bar"
+    log = "log"
+
+
+# ---------------------------------------------------------------- group schemas
+@dataclass
+class DatasetConfig:
+    name: DatasetName = DatasetName.shapes
+    root: Optional[str] = None         # torchvision datasets; null = $VAERUN_DATA or ~/.cache/vaerun/data
+    download: bool = True              # torchvision datasets: try to download when files are missing
+    path: Optional[str] = None         # image_folder: the folder of images (searched recursively)
+    image_size: int = 32               # shapes, image_folder (mnist/fashion_mnist: 28, cifar10: 32)
+    channels: int = 1                  # image_folder: 1 = grayscale, 3 = RGB
+    num_examples: int = 20000          # shapes: examples generated for train + val
+    val_size: int = 2000               # examples held out from the training set for validation
+    test_size: int = 2000              # shapes, image_folder: size of the test split
+    subset: Optional[int] = None       # keep only the first N examples of each split
+    binarize: Binarize = Binarize.none
+
+
+@dataclass
+class ModelConfig:
+    name: ModelName = ModelName.mlp
+    latent_dim: int = 10
+    hidden: List[int] = field(default_factory=lambda: [512, 256])    # mlp
+    channels: List[int] = field(default_factory=lambda: [32, 64, 64])  # conv, stride-2 stages
+    kernel: int = 4                                                  # conv
+    activation: Activation = Activation.relu
+    init: Init = Init.default
+
+
+@dataclass
+class LikelihoodConfig:
+    name: LikelihoodName = LikelihoodName.bernoulli
+    sigma: float = 0.1                 # gaussian: fixed σ, or the initial σ when learned
+    learn_sigma: LearnSigma = LearnSigma.none
+    min_log_sigma: float = -6.0        # gaussian: log σ is clamped to [min, max]
+    max_log_sigma: float = 2.0
+
+
+@dataclass
+class ScheduleConfig:
+    name: ScheduleName = ScheduleName.constant
+    beta_start: float = 0.0            # β at the start of a warm-up or of each cycle
+    warmup_steps: int = 1000           # linear, sigmoid: steps from beta_start to beta
+    delay_steps: int = 0               # linear, sigmoid: steps held at beta_start first
+    cycles: int = 4                    # cyclical: number of cycles over the whole run
+    ratio: float = 0.5                 # cyclical: fraction of each cycle spent ramping
+
+
+@dataclass
+class OptimizerConfig:
+    name: OptimizerName = OptimizerName.adam
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    eps: float = 1e-8
+    momentum: float = 0.0              # sgd, rmsprop
+    grad_clip: float = 0.0             # max global gradient norm; 0 = off
+    lr_scheduler: LRScheduler = LRScheduler.none
+    lr_step_size: int = 2000           # step: decay every N optimizer steps
+    lr_gamma: float = 0.5              # step, plateau: multiply the lr by this
+    lr_patience: int = 2               # plateau: evaluations without improvement
+    lr_min: float = 0.0                # cosine, plateau: floor
+
+
+@dataclass
+class TrainConfig:
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = MISSING
+    likelihood: LikelihoodConfig = MISSING
+    schedule: ScheduleConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    beta: float = 1.0                  # target β of every schedule
+    free_bits: float = 0.0             # λ nats per latent dim (Kingma et al. 2016); 0 = off
+    epochs: int = 20
+    max_steps: Optional[int] = None    # when set, overrides epochs
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    seed: int = 0
+    device: Device = Device.auto
+    eval_every: int = 500              # steps between validation passes (also at the end)
+    sample_every: int = 1000           # steps between sample/reconstruction grids (also at the end)
+    num_samples: int = 64              # images in each sample grid
+    log_every: int = 50                # steps between train log lines / metrics records
+    progress: Progress = Progress.auto
+    tensorboard: bool = True
+    out_dir: str = "outputs"           # root of run folders (used by hydra.run.dir / sweep.dir)
+
+
+GROUPS = ("dataset", "model", "likelihood", "schedule", "optimizer")
+_SCHEMAS = {"dataset": DatasetConfig, "model": ModelConfig, "likelihood": LikelihoodConfig,
+            "schedule": ScheduleConfig, "optimizer": OptimizerConfig}
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore (idempotent). Each option YAML pulls its
+    group's schema in with ``/<group>_schema@_here_`` (a root-level config, so schemas never show up
+    as options of the group)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for group, schema in _SCHEMAS.items():
+        cs.store(name=f"{group}_schema", node=schema, package=group)
+
+
+# ---------------------------------------------------------------- semantic validation
+def _check(ok: bool, key: str, value: Any, problem: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, problem, fix)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Semantic checks on a composed, typed config, before any tensor is allocated."""
+    d, m, lk, s, o = cfg.dataset, cfg.model, cfg.likelihood, cfg.schedule, cfg.optimizer
+    _check(cfg.beta >= 0, "beta", cfg.beta, "β weights the KL term and must be >= 0", "use e.g. beta=1")
+    _check(cfg.free_bits >= 0, "free_bits", cfg.free_bits, "must be >= 0 nats per dimension",
+           "use free_bits=0 (off) or e.g. free_bits=0.25")
+    _check(cfg.batch_size > 0, "batch_size", cfg.batch_size, "must be a positive integer", "use e.g. batch_size=128")
+    _check(cfg.eval_batch_size > 0, "eval_batch_size", cfg.eval_batch_size, "must be positive", "use e.g. eval_batch_size=1000")
+    _check(cfg.epochs > 0 or cfg.max_steps is not None, "epochs", cfg.epochs, "must be positive",
+           "use e.g. epochs=10, or set max_steps")
+    if cfg.max_steps is not None:
+        _check(cfg.max_steps > 0, "max_steps", cfg.max_steps, "must be positive", "use e.g. max_steps=1000, or max_steps=null")
+    for key in ("eval_every", "sample_every", "log_every"):
+        _check(getattr(cfg, key) > 0, key, getattr(cfg, key), "must be a positive number of steps", f"use e.g. {key}=500")
+    _check(cfg.num_samples > 0, "num_samples", cfg.num_samples, "must be positive", "use e.g. num_samples=64")
+    # dataset
+    _check(d.image_size >= 4, "dataset.image_size", d.image_size, "must be at least 4 pixels", "use e.g. dataset.image_size=32")
+    _check(d.channels in (1, 3), "dataset.channels", d.channels, "must be 1 (grayscale) or 3 (RGB)", "use dataset.channels=1 or 3")
+    _check(d.num_examples > d.val_size, "dataset.num_examples", d.num_examples,
+           f"must exceed dataset.val_size={d.val_size} so that training examples remain",
+           f"use e.g. dataset.num_examples={max(2 * d.val_size, 1000)} or lower dataset.val_size")
+    _check(d.val_size > 0, "dataset.val_size", d.val_size, "must be positive", "use e.g. dataset.val_size=1000")
+    _check(d.test_size > 0, "dataset.test_size", d.test_size, "must be positive", "use e.g. dataset.test_size=1000")
+    if d.subset is not None:
+        _check(d.subset > 0, "dataset.subset", d.subset, "must be positive", "use e.g. dataset.subset=1000, or dataset.subset=null")
+    if d.name is DatasetName.image_folder:
+        _check(bool(d.path), "dataset.path", d.path, "image_folder needs a folder of images",
+               "pass dataset.path=/path/to/images")
+    # model
+    _check(m.latent_dim > 0, "model.latent_dim", m.latent_dim, "must be positive", "use e.g. model.latent_dim=10")
+    _check(all(h > 0 for h in m.hidden), "model.hidden", list(m.hidden), "layer sizes must be positive", "use e.g. model.hidden=[512,256]")
+    _check(len(m.channels) > 0 and all(c > 0 for c in m.channels), "model.channels", list(m.channels),
+           "needs at least one positive channel count", "use e.g. model.channels=[32,64,64]")
+    _check(m.kernel >= 2, "model.kernel", m.kernel, "stride-2 convolutions need a kernel of at least 2", "use model.kernel=4 or 3")
+    # likelihood
+    _check(lk.sigma > 0, "likelihood.sigma", lk.sigma, "σ must be positive", "use e.g. likelihood.sigma=0.1")
+    _check(lk.min_log_sigma < lk.max_log_sigma, "likelihood.min_log_sigma", lk.min_log_sigma,
+           f"must be below likelihood.max_log_sigma={lk.max_log_sigma}", "use e.g. likelihood.min_log_sigma=-6")
+    # schedule
+    _check(s.beta_start >= 0, "schedule.beta_start", s.beta_start, "must be >= 0", "use e.g. schedule.beta_start=0")
+    _check(s.warmup_steps > 0, "schedule.warmup_steps", s.warmup_steps, "must be positive", "use e.g. schedule.warmup_steps=1000")
+    _check(s.delay_steps >= 0, "schedule.delay_steps", s.delay_steps, "must be >= 0", "use schedule.delay_steps=0")
+    _check(s.cycles > 0, "schedule.cycles", s.cycles, "must be positive", "use e.g. schedule.cycles=4")
+    _check(0 < s.ratio <= 1, "schedule.ratio", s.ratio, "must be in (0, 1]", "use e.g. schedule.ratio=0.5")
+    # optimizer
+    _check(o.lr > 0, "optimizer.lr", o.lr, "the learning rate must be positive", "use e.g. optimizer.lr=1e-3")
+    _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "must be >= 0", "use e.g. optimizer.weight_decay=0")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas", list(o.betas),
+           "needs two values in [0, 1)", "use optimizer.betas=[0.9,0.999]")
+    _check(o.eps > 0, "optimizer.eps", o.eps, "must be positive", "use e.g. optimizer.eps=1e-8")
+    _check(o.momentum >= 0, "optimizer.momentum", o.momentum, "must be >= 0", "use e.g. optimizer.momentum=0.9")
+    _check(o.grad_clip >= 0, "optimizer.grad_clip", o.grad_clip, "must be >= 0 (0 = off)", "use e.g. optimizer.grad_clip=1.0")
+    _check(o.lr_step_size > 0, "optimizer.lr_step_size", o.lr_step_size, "must be positive", "use e.g. optimizer.lr_step_size=2000")
+    _check(0 < o.lr_gamma <= 1, "optimizer.lr_gamma", o.lr_gamma, "must be in (0, 1]", "use e.g. optimizer.lr_gamma=0.5")
+    _check(o.lr_patience >= 0, "optimizer.lr_patience", o.lr_patience, "must be >= 0", "use e.g. optimizer.lr_patience=2")
+    _check(o.lr_min >= 0, "optimizer.lr_min", o.lr_min, "must be >= 0", "use e.g. optimizer.lr_min=0")

@@ -1,0 +1,291 @@
+"""Datasets -> in-memory uint8 tensors on the training device; batches are index tensors.
+
+Every dataset ends up as three :class:`Split`s of ``uint8 (N, C, H, W)`` images (plus labels or
+generative factors). Scaling to [0, 1] and binarization happen on the batch, on the device; no
+per-sample Python runs on the training path.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from vaerun.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SHAPE_NAMES = ("square", "ellipse", "heart")
+SHAPES_FACTORS = ("shape", "scale", "rotation", "x", "y")
+
+
+@dataclass
+class Split:
+    images: torch.Tensor                     # (N, C, H, W) uint8
+    labels: Optional[torch.Tensor] = None    # (N,) class ids, or (N, F) generative factors
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def head(self, n: Optional[int]) -> "Split":
+        if n is None:
+            return self
+        return Split(self.images[:n], None if self.labels is None else self.labels[:n])
+
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.images.to(device), None if self.labels is None else self.labels.to(device))
+
+
+@dataclass
+class Data:
+    """Train/val/test splits plus how to turn a uint8 batch into model input."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    binarize: str = "none"                   # none | static | dynamic (static is applied at load)
+    label_names: Sequence[str] = field(default_factory=tuple)  # class names, or factor names
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # (C, H, W)
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; use train, val or test")
+        return getattr(self, name)
+
+    def to(self, device: torch.device) -> "Data":
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
+
+    def is_binary(self) -> bool:
+        """True when every training pixel is 0 or 255 (after static binarization, if any)."""
+        x = self.train.images
+        return bool(((x == 0) | (x == 255)).all())
+
+    def prepare(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> float32 in [0, 1]; a fresh Bernoulli draw per pixel when dynamic."""
+        x = images.float().div_(255.0)  # (B, C, H, W)
+        if self.binarize == "dynamic":
+            x = torch.bernoulli(x, generator=generator)
+        return x
+
+    def batches(self, split: str, batch_size: int, generator: Optional[torch.Generator] = None,
+                shuffle: bool = False) -> Iterator[torch.Tensor]:
+        """Yields prepared float batches of one split; shuffled by ``generator`` when asked."""
+        images = self.split(split).images
+        n = images.shape[0]
+        order = torch.randperm(n, generator=generator, device=images.device) if shuffle else None
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size] if shuffle else slice(start, start + batch_size)
+            yield self.prepare(images[idx], generator)
+
+
+def default_root() -> str:
+    """Where torchvision datasets live when ``dataset.root`` is null: $VAERUN_DATA or a cache dir."""
+    return os.environ.get("VAERUN_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "vaerun", "data")
+
+
+# ---------------------------------------------------------------- shapes (dSprites-like)
+def make_shapes(n: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Renders ``n`` binary shapes with random factors, deterministically from ``seed``.
+
+    Returns uint8 images (n, 1, S, S) in {0, 255} and float factors (n, 5): shape id
+    (0 square, 1 ellipse, 2 heart), scale in [0.5, 1], rotation in [0, 2π), x and y centre in
+    [0.25, 0.75] of the image. Like dSprites, every factor is drawn from a small grid of values.
+    """
+    g = torch.Generator().manual_seed(seed)
+    shape = torch.randint(0, 3, (n,), generator=g)
+    scale = torch.linspace(0.5, 1.0, 6)[torch.randint(0, 6, (n,), generator=g)]
+    rotation = (2 * math.pi / 40) * torch.randint(0, 40, (n,), generator=g)
+    grid = torch.linspace(0.25, 0.75, 16)
+    cx = grid[torch.randint(0, 16, (n,), generator=g)]
+    cy = grid[torch.randint(0, 16, (n,), generator=g)]
+    factors = torch.stack([shape.float(), scale, rotation, cx, cy], dim=1)  # (n, 5)
+    images = torch.empty(n, 1, image_size, image_size, dtype=torch.uint8)
+    coords = (torch.arange(image_size, dtype=torch.float32) + 0.5) / image_size  # pixel centres
+    py, px = torch.meshgrid(coords, coords, indexing="ij")                       # (S, S)
+    for start in range(0, n, 4096):                                              # bounded memory
+        sl = slice(start, start + 4096)
+        images[sl, 0] = _render(shape[sl], scale[sl], rotation[sl], cx[sl], cy[sl], px, py)
+    return images, factors
+
+
+def _render(shape, scale, rotation, cx, cy, px, py) -> torch.Tensor:
+    """Implicit-function rendering of a chunk of shapes: (n,) factors -> (n, S, S) uint8."""
+    r = 0.22 * scale[:, None, None]                       # radius as a fraction of the image
+    cos, sin = rotation.cos()[:, None, None], rotation.sin()[:, None, None]
+    dx, dy = px[None] - cx[:, None, None], py[None] - cy[:, None, None]  # (n, S, S)
+    u = (dx * cos + dy * sin) / r
+    v = (-dx * sin + dy * cos) / r
+    square = torch.maximum(u.abs(), v.abs()) <= 0.8
+    ellipse = u.square() + (v / 0.55).square() <= 1.0
+    hx, hy = 1.15 * u, -1.15 * v + 0.15                   # heart: (x²+y²−1)³ − x²y³ ≤ 0
+    heart = (hx.square() + hy.square() - 1).pow(3) - hx.square() * hy.pow(3) <= 0
+    s = shape[:, None, None]
+    inside = torch.where(s == 0, square, torch.where(s == 1, ellipse, heart))
+    return inside.to(torch.uint8) * 255
+
+
+# ---------------------------------------------------------------- torchvision-layout datasets
+_TV_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+_TV_FILES = {"mnist": "MNIST/raw/train-images-idx3-ubyte",
+             "fashion_mnist": "FashionMNIST/raw/train-images-idx3-ubyte",
+             "cifar10": "cifar-10-batches-py/data_batch_1"}
+
+
+def _missing_data(name: str, root: str, cause: Exception) -> DataError:
+    expected = os.path.join(root, _TV_FILES[name])
+    return DataError(
+        f"dataset '{name}' not found under dataset.root={root} (looked for {expected}) and it could "
+        f"not be downloaded ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}).\n"
+        f"  fix: point dataset.root at the folder that holds it, e.g. dataset.root=../shared/data, "
+        f"or set VAERUN_DATA; or go online with dataset.download=true.")
+
+
+def _load_torchvision(name: str, root: str, download: bool) -> tuple[Split, Split]:
+    """(train, test) splits of MNIST / Fashion-MNIST / CIFAR-10 in torchvision's file layout."""
+    import torchvision
+
+    present = os.path.exists(os.path.join(root, _TV_FILES[name]))
+    try:
+        if name == "cifar10":
+            if not present:
+                torchvision.datasets.CIFAR10(root, train=True, download=download)
+            return _read_cifar10(os.path.join(root, "cifar-10-batches-py"))
+        cls = getattr(torchvision.datasets, _TV_CLASSES[name])
+        train = cls(root, train=True, download=download and not present)
+        test = cls(root, train=False, download=False)
+    except DataError:
+        raise
+    except Exception as err:  # torchvision raises RuntimeError / URLError / OSError here
+        raise _missing_data(name, root, err) from err
+    return (Split(train.data.unsqueeze(1).clone(), train.targets.clone()),
+            Split(test.data.unsqueeze(1).clone(), test.targets.clone()))
+
+
+def _read_cifar10(folder: str) -> tuple[Split, Split]:
+    """Reads torchvision's ``cifar-10-batches-py`` pickles directly (no per-image objects)."""
+    def read(files: list[str]) -> Split:
+        data, labels = [], []
+        for f in files:
+            path = os.path.join(folder, f)
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"missing {path}")
+            with open(path, "rb") as fh:
+                entry = pickle.load(fh, encoding="latin1")
+            data.append(torch.as_tensor(entry["data"], dtype=torch.uint8).reshape(-1, 3, 32, 32))
+            labels.append(torch.as_tensor(entry.get("labels", entry.get("fine_labels"))))
+        return Split(torch.cat(data), torch.cat(labels).long())
+
+    return read([f"data_batch_{i}" for i in range(1, 6)]), read(["test_batch"])
+
+
+# ---------------------------------------------------------------- image folders
+def _load_image_folder(path: str, image_size: int, channels: int) -> Split:
+    """Every image under ``path`` (recursively), resized (shorter side) and centre-cropped.
+    Labels are the index of each image's first-level subfolder when there are subfolders."""
+    from PIL import Image
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError(f"dataset.path={path} is not a folder.\n  fix: pass dataset.path=/path/to/images")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"dataset.path={path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).\n"
+                        f"  fix: point dataset.path at a folder of images")
+    classes = sorted({p.relative_to(folder).parts[0] for p in files if len(p.relative_to(folder).parts) > 1})
+    mode = "L" if channels == 1 else "RGB"
+    images = torch.empty(len(files), channels, image_size, image_size, dtype=torch.uint8)
+    for i, p in enumerate(files):  # load time only; training indexes the resulting tensor
+        try:
+            with Image.open(p) as im:
+                im = im.convert(mode)
+                w, h = im.size
+                k = image_size / min(w, h)
+                im = im.resize((max(image_size, round(w * k)), max(image_size, round(h * k))), Image.BILINEAR)
+                left, top = (im.size[0] - image_size) // 2, (im.size[1] - image_size) // 2
+                im = im.crop((left, top, left + image_size, top + image_size))
+                t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+        except Exception as err:
+            raise DataError(f"could not read image {p}: {err}\n  fix: remove or replace the file") from err
+        images[i] = t.reshape(image_size, image_size, channels).permute(2, 0, 1)
+    labels = None
+    if classes:
+        index = {c: i for i, c in enumerate(classes)}
+        labels = torch.tensor([index.get(p.relative_to(folder).parts[0], -1) for p in files])
+    return Split(images, labels)
+
+
+# ---------------------------------------------------------------- shaping and splitting
+def _conform(split: Split, channels: int, image_size: int) -> Split:
+    """Converts channels (1 <-> 3) and resizes to ``image_size`` when the source differs."""
+    x = split.images
+    if x.shape[1] != channels:
+        if channels == 3:
+            x = x.expand(-1, 3, -1, -1).contiguous()
+        else:  # ITU-R 601 luma
+            w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            x = (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", antialias=True,
+                          align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    return Split(x, split.labels)
+
+
+def _carve(split: Split, sizes: Sequence[int]) -> list[Split]:
+    """Consecutive pieces of a split: the first sizes[0] examples, then sizes[1], ..."""
+    out, start = [], 0
+    for n in sizes:
+        out.append(Split(split.images[start:start + n],
+                         None if split.labels is None else split.labels[start:start + n]))
+        start += n
+    return out
+
+
+def load_data(name: str, *, root: Optional[str] = None, path: Optional[str] = None, download: bool = True,
+              image_size: int = 32, channels: int = 1, num_examples: int = 20000, val_size: int = 2000,
+              test_size: int = 2000, subset: Optional[int] = None, binarize: str = "none",
+              seed: int = 0) -> Data:
+    """Loads (or generates) a dataset into CPU uint8 tensors, split into train/val/test.
+
+    Validation is carved from the end of the training set. ``subset`` keeps the first N examples
+    of every split. ``binarize='static'`` draws one fixed Bernoulli sample per pixel here (seeded);
+    ``'dynamic'`` draws a fresh one per batch in :meth:`Data.prepare`.
+    """
+    label_names: Sequence[str] = ()
+    if name == "shapes":
+        images, factors = make_shapes(num_examples + test_size, image_size, seed)
+        train, val, test = _carve(Split(images, factors), [num_examples - val_size, val_size, test_size])
+        label_names = SHAPES_FACTORS
+    elif name in ("mnist", "fashion_mnist", "cifar10"):
+        full, test = _load_torchvision(name, root or default_root(), download)
+        if val_size >= len(full):
+            raise DataError(f"dataset.val_size={val_size} leaves no training examples out of {len(full)}.\n"
+                            f"  fix: use e.g. dataset.val_size=5000")
+        train, val = _carve(full, [len(full) - val_size, val_size])
+    elif name == "image_folder":
+        full = _load_image_folder(path or "", image_size, channels)
+        if len(full) <= val_size + test_size:
+            raise DataError(
+                f"dataset.path={path} has {len(full)} images, not more than dataset.val_size + dataset.test_size "
+                f"= {val_size + test_size}.\n  fix: lower them, e.g. dataset.val_size={max(1, len(full) // 10)} "
+                f"dataset.test_size={max(1, len(full) // 10)}")
+        perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
+        full = Split(full.images[perm], None if full.labels is None else full.labels[perm])
+        train, val, test = _carve(full, [len(full) - val_size - test_size, val_size, test_size])
+    else:
+        raise DataError(f"unknown dataset {name!r}; choose one of shapes, mnist, fashion_mnist, cifar10, image_folder")
+    if name in ("mnist", "fashion_mnist"):
+        label_names = tuple(str(i) for i in range(10))
+    train, val, test = (_conform(s.head(subset), channels, image_size) for s in (train, val, test))
+    if binarize == "static":  # one fixed draw, the same for every epoch (Larochelle-style)
+        g = torch.Generator().manual_seed(seed + 7919)
+        train, val, test = (Split((torch.bernoulli(s.images.float() / 255, generator=g) * 255).to(torch.uint8),
+                                  s.labels) for s in (train, val, test))
+    return Data(name, train, val, test, binarize=binarize, label_names=label_names)

@@ -1,0 +1,36 @@
+"""Encoders, decoders and the VAE that joins them; :func:`build_vae` is the registry."""
+from __future__ import annotations
+
+from vaerun.likelihoods import Likelihood
+from vaerun.models.decoders import ConvDecoder, MLPDecoder
+from vaerun.models.encoders import ConvEncoder, MLPEncoder
+from vaerun.models.layers import initialize
+from vaerun.models.vae import VAE
+
+MODELS = ("mlp", "conv")
+
+
+def build_vae(name: str, data_shape: tuple[int, int, int], likelihood: Likelihood, *, latent_dim: int,
+              hidden: list[int], channels: list[int], kernel: int, activation: str = "relu",
+              init: str = "default") -> VAE:
+    """Builds a VAE for images of ``data_shape`` (C, H, W). The decoder emits C·K maps for the
+    likelihood's K parameters per channel. Raises ValueError when the geometry does not fit."""
+    c, h, w = data_shape
+    out_channels = c * likelihood.params_per_channel
+    if name == "mlp":
+        enc = MLPEncoder(data_shape, list(hidden), latent_dim, activation)
+        dec = MLPDecoder(latent_dim, list(reversed(hidden)), (out_channels, h, w), activation)
+    elif name == "conv":
+        if h != w:
+            raise ValueError(f"the conv model needs square images, got {h}x{w}")
+        enc = ConvEncoder(c, h, list(channels), kernel, list(hidden), latent_dim, activation)
+        dec = ConvDecoder(latent_dim, h, list(channels), kernel, list(hidden), out_channels, activation)
+    else:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    vae = VAE(enc, dec, likelihood, latent_dim)
+    initialize(vae.encoder, init)
+    initialize(vae.decoder, init)
+    return vae
+
+
+__all__ = ["VAE", "build_vae", "MODELS", "MLPEncoder", "ConvEncoder", "MLPDecoder", "ConvDecoder"]

@@ -1,0 +1,50 @@
+"""Optimizers and learning-rate schedulers from typed arguments (registries, no config objects)."""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional
+
+import torch
+
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+LR_SCHEDULERS = ("none", "cosine", "step", "plateau")
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, *, lr: float, weight_decay: float = 0.0,
+                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                    momentum: float = 0.0) -> torch.optim.Optimizer:
+    params = list(params)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, eps=eps, weight_decay=weight_decay, momentum=momentum)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, name: str, *, total_steps: int, step_size: int = 2000,
+                       gamma: float = 0.5, patience: int = 2, lr_min: float = 0.0):
+    """cosine and step are stepped once per optimizer step; plateau once per validation pass
+    (on the validation loss). Returns None for ``none``."""
+    if name == "none":
+        return None
+    if name == "cosine":
+        base = optimizer.param_groups[0]["lr"]
+
+        def factor(step: int) -> float:  # a pure function of the step (cosine to lr_min)
+            t = min(step / max(total_steps, 1), 1.0)
+            return (lr_min + (base - lr_min) * 0.5 * (1 + math.cos(math.pi * t))) / base
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=gamma, patience=patience, min_lr=lr_min)
+    raise ValueError(f"unknown lr_scheduler {name!r}; choose one of {', '.join(LR_SCHEDULERS)}")
+
+
+def is_per_step(scheduler: Optional[object]) -> bool:
+    return scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)

@@ -1,0 +1,89 @@
+"""Console progress: a live rich bar on an interactive terminal, plain log lines elsewhere
+(CI, pipes, multirun). The bar shares rich's global console with the RichHandler that
+vaerun's Hydra logging config installs, so log lines print above the bar, never through it."""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+log = logging.getLogger("vaerun")
+
+
+def use_bar(mode: str, launcher: Optional[str] = "basic") -> bool:
+    """``auto``: a bar only on an interactive console and under the basic (sequential) launcher."""
+    if mode == "bar":
+        return True
+    if mode == "log":
+        return False
+    from rich.console import Console
+
+    from rich import get_console
+
+    console: Console = get_console()
+    return console.is_interactive and launcher in (None, "basic")
+
+
+class Reporter:
+    """Shows training progress; every call is cheap (values arrive already as Python floats)."""
+
+    def __init__(self, total_steps: int, bar: bool):
+        self.total, self.bar = total_steps, bar
+        self._progress = self._task = None
+
+    def __enter__(self) -> "Reporter":
+        if self.bar:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._progress = Progress(
+                TextColumn("epoch {task.fields[epoch]:.2f}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.2f} recon {task.fields[recon]:.2f} "
+                           "KL {task.fields[kl]:.2f} β {task.fields[beta]:.3f} {task.fields[speed]:,.0f} ex/s"),
+                TimeElapsedColumn(), TimeRemainingColumn(), refresh_per_second=4)
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=self.total, epoch=0.0, loss=float("nan"),
+                                                 recon=float("nan"), kl=float("nan"), beta=0.0, speed=0.0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def advance(self, step: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+
+    def train(self, rec: dict) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=rec["step"], epoch=rec["epoch"], loss=rec["loss"],
+                                  recon=rec["recon"], kl=rec["kl"], beta=rec["beta"], speed=rec["examples_per_sec"])
+        else:
+            log.info("step %d/%d (epoch %.2f) | loss %.3f | recon %.3f | kl %.3f | β %.3f | lr %.2e | %s ex/s",
+                     rec["step"], self.total, rec["epoch"], rec["loss"], rec["recon"], rec["kl"], rec["beta"],
+                     rec["lr"], f"{rec['examples_per_sec']:,.0f}")
+
+    def val(self, rec: dict, best: bool) -> None:
+        used = sum(k > 0.01 for k in rec["kl_per_dim"])
+        log.info("val @ step %d | elbo %.3f | recon %.3f | kl %.3f | dims with KL > 0.01 nats: %d/%d%s",
+                 rec["step"], rec["elbo"], rec["recon"], rec["kl"], used, len(rec["kl_per_dim"]),
+                 " | best so far" if best else "")
+
+
+def console_handler(level: int = logging.INFO) -> logging.Handler:
+    """Hydra's console log handler (see conf/hydra/job_logging/vaerun.yaml): rich's handler on a
+    terminal, so log lines and the live bar share one console; plain timestamped lines on stdout
+    otherwise (CI, pipes, files), never wrapped at 80 columns."""
+    import sys
+
+    from rich import get_console
+
+    if get_console().is_terminal:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, show_time=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s", "%H:%M:%S"))
+    handler.setLevel(level)
+    return handler

@@ -1,0 +1,214 @@
+"""The run folder: its layout, and the only code that reads or writes it.
+
+    <run>/
+      .hydra/                 Hydra's own (config.yaml unresolved, hydra.yaml, overrides.yaml)
+      config.yaml             the resolved config
+      train.log               the log, as printed
+      metrics.jsonl           one JSON object per logged event (train or val), append-only
+      summary.json            status, final/best validation metrics, versions (atomic writes)
+      checkpoints/last.pt     model, optimizer, scheduler, step, RNG states, config (atomic)
+      checkpoints/best.pt     the same, at the best validation ELBO
+      samples/step_XXXXXXX.png  prior samples
+      recon/step_XXXXXXX.png    inputs (odd rows) above their reconstructions (even rows)
+      curves.png              recon, KL and β against step
+      tb/                     TensorBoard events
+
+All losses are nats per example; see README "The run folder".
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+CHECKPOINT_FORMAT = "vaerun-checkpoint"
+CHECKPOINT_VERSION = 1
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Writes through a temporary file in the same folder, then renames over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    """Floats that are not finite become strings ("nan", "inf") so every line is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class RunFolder:
+    """One run's folder. Creating the object touches nothing; writers create what they need."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    # ------------------------------------------------------------ layout
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def tb_dir(self) -> Path:
+        return self.path / "tb"
+
+    @property
+    def curves_file(self) -> Path:
+        return self.path / "curves.png"
+
+    def checkpoint_file(self, name: str = "last") -> Path:
+        return self.checkpoint_dir / f"{name}.pt"
+
+    def grid_file(self, kind: str, step: int) -> Path:
+        if kind not in ("samples", "recon"):
+            raise ValueError(f"grid kind must be samples or recon, not {kind!r}")
+        return self.path / kind / f"step_{step:07d}.png"
+
+    def is_run(self) -> bool:
+        return self.summary_file.exists() or self.metrics_file.exists()
+
+    # ------------------------------------------------------------ writers
+    def write_config(self, config: dict) -> None:
+        from omegaconf import OmegaConf
+
+        text = OmegaConf.to_yaml(OmegaConf.create(config))
+        _atomic_write(self.config_file, lambda fh: fh.write(text.encode()))
+
+    def append_metrics(self, record: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_file, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(_jsonable(record)) + "\n")
+
+    def write_summary(self, summary: dict) -> None:
+        if summary.get("status") not in STATUSES:
+            raise ValueError(f"summary status must be one of {STATUSES}")
+        text = json.dumps(_jsonable(summary), indent=2)
+        _atomic_write(self.summary_file, lambda fh: fh.write(text.encode()))
+
+    def save_checkpoint(self, state: dict, name: str = "last") -> Path:
+        """``state`` must hold only tensors and plain containers (weights_only loading)."""
+        import torch
+
+        path = self.checkpoint_file(name)
+        payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+        _atomic_write(path, lambda fh: torch.save(payload, fh))
+        return path
+
+    def save_grid(self, kind: str, step: int, images, nrow: int) -> Path:
+        """images (N, C, H, W) in [0, 1] -> one PNG grid, ``nrow`` images per row."""
+        from torchvision.utils import save_image
+
+        path = self.grid_file(kind, step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(images.detach().float().clamp(0, 1).cpu(), str(path), nrow=nrow, padding=2, pad_value=0.5)
+        return path
+
+    def save_figure(self, fig, path: Optional[Path] = None) -> Path:
+        path = path or self.curves_file
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        return path
+
+    def tb_writer(self):
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(log_dir=str(self.tb_dir))
+
+    # ------------------------------------------------------------ readers
+    def read_metrics(self, split: Optional[str] = None) -> list[dict]:
+        """All records (or one split's); a torn last line (a crash mid-write) is skipped."""
+        if not self.metrics_file.exists():
+            return []
+        records = []
+        for line in self.metrics_file.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if split is None or rec.get("split") == split:
+                records.append(rec)
+        return records
+
+    def read_summary(self) -> dict:
+        return json.loads(self.summary_file.read_text(encoding="utf-8")) if self.summary_file.exists() else {}
+
+    def read_config(self) -> dict:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(OmegaConf.load(self.config_file))
+
+    def load_checkpoint(self, name: str = "last", map_location: Any = "cpu") -> dict:
+        import torch
+
+        path = self.checkpoint_file(name)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a vaerun checkpoint")
+        return state
+
+    def grids(self, kind: str) -> list[Path]:
+        return sorted((self.path / kind).glob("step_*.png"))
+
+
+def find_runs(paths: Iterable[str | os.PathLike]) -> list[RunFolder]:
+    """Run folders at or below each path (a run, a sweep folder or any parent)."""
+    found: list[RunFolder] = []
+    for p in paths:
+        p = Path(p)
+        candidates = [p] if (p / "summary.json").exists() else sorted(x.parent for x in p.rglob("summary.json"))
+        found += [RunFolder(c) for c in candidates]
+    return found
+
+
+def provenance() -> dict:
+    """Versions of Python, torch and vaerun, and the git commit of vaerun's source tree if any."""
+    import torch
+
+    from vaerun import __version__
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "vaerun": __version__,
+            "platform": platform.platform()}
+    try:
+        src = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5)
+        if commit.returncode == 0:
+            info["git_commit"] = commit.stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain"], capture_output=True,
+                                   text=True, timeout=5)
+            info["git_dirty"] = bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
