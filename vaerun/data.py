@@ -96,14 +96,14 @@ def make_shapes(n: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch
     """Renders ``n`` binary shapes with random factors, deterministically from ``seed``.
 
     Returns uint8 images (n, 1, S, S) in {0, 255} and float factors (n, 5): shape id
-    (0 square, 1 ellipse, 2 heart), scale in [0.5, 1], rotation in [0, 2π), x and y centre in
-    [0.25, 0.75] of the image. Like dSprites, every factor is drawn from a small grid of values.
+    (0 square, 1 ellipse, 2 heart), scale in [0.6, 1], rotation in [0, 2π), x and y centre in
+    [0.35, 0.65] of the image. Like dSprites, every factor is drawn from a small grid of values.
     """
     g = torch.Generator().manual_seed(seed)
     shape = torch.randint(0, 3, (n,), generator=g)
-    scale = torch.linspace(0.5, 1.0, 6)[torch.randint(0, 6, (n,), generator=g)]
+    scale = torch.linspace(0.6, 1.0, 6)[torch.randint(0, 6, (n,), generator=g)]
     rotation = (2 * math.pi / 40) * torch.randint(0, 40, (n,), generator=g)
-    grid = torch.linspace(0.25, 0.75, 16)
+    grid = torch.linspace(0.35, 0.65, 16)
     cx = grid[torch.randint(0, 16, (n,), generator=g)]
     cy = grid[torch.randint(0, 16, (n,), generator=g)]
     factors = torch.stack([shape.float(), scale, rotation, cx, cy], dim=1)  # (n, 5)
@@ -118,7 +118,7 @@ def make_shapes(n: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch
 
 def _render(shape, scale, rotation, cx, cy, px, py) -> torch.Tensor:
     """Implicit-function rendering of a chunk of shapes: (n,) factors -> (n, S, S) uint8."""
-    r = 0.22 * scale[:, None, None]                       # radius as a fraction of the image
+    r = 0.35 * scale[:, None, None]                       # radius as a fraction of the image
     cos, sin = rotation.cos()[:, None, None], rotation.sin()[:, None, None]
     dx, dy = px[None] - cx[:, None, None], py[None] - cy[:, None, None]  # (n, S, S)
     u = (dx * cos + dy * sin) / r
