@@ -37,9 +37,24 @@ def _train(args: list[str]) -> int:
             return 2
     from vaerun.app import train_main
 
+    if "-m" in args or "--multirun" in args:
+        args = [*args, sweep_dirname_override(args)]
     sys.argv = [sys.argv[0], *args]
     train_main()
     return 0
+
+
+def sweep_dirname_override(args: list[str]) -> str:
+    """Names each multirun job folder by the swept overrides only (``3_beta=2,seed=1``), not by
+    every override on the command line: the keys given a single value are excluded."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    fixed = {"out_dir", "progress", "device"}
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if not o.is_sweep_override() and not o.key_or_group.startswith("hydra"):
+            fixed.add(o.key_or_group)
+    return f"hydra.job.config.override_dirname.exclude_keys=[{','.join(sorted(fixed))}]"
 
 
 def _completion(args: list[str]) -> int:

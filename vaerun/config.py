@@ -224,7 +224,7 @@ def validate(cfg: TrainConfig) -> None:
     # dataset
     _check(d.image_size >= 4, "dataset.image_size", d.image_size, "must be at least 4 pixels", "use e.g. dataset.image_size=32")
     _check(d.channels in (1, 3), "dataset.channels", d.channels, "must be 1 (grayscale) or 3 (RGB)", "use dataset.channels=1 or 3")
-    _check(d.num_examples > d.val_size, "dataset.num_examples", d.num_examples,
+    _check(d.name is not DatasetName.shapes or d.num_examples > d.val_size, "dataset.num_examples", d.num_examples,
            f"must exceed dataset.val_size={d.val_size} so that training examples remain",
            f"use e.g. dataset.num_examples={max(2 * d.val_size, 1000)} or lower dataset.val_size")
     _check(d.val_size > 0, "dataset.val_size", d.val_size, "must be positive", "use e.g. dataset.val_size=1000")

@@ -127,14 +127,19 @@ class RunFolder:
         _atomic_write(path, lambda fh: torch.save(payload, fh))
         return path
 
-    def save_grid(self, kind: str, step: int, images, nrow: int) -> Path:
-        """images (N, C, H, W) in [0, 1] -> one PNG grid, ``nrow`` images per row."""
-        from torchvision.utils import save_image
+    def save_grid(self, kind: str, step: int, images, nrow: int):
+        """images (N, C, H, W) in [0, 1] -> one PNG grid, ``nrow`` images per row.
+        Returns the grid as a (3, H', W') float tensor (for TensorBoard)."""
+        import torch
+        from PIL import Image
+        from torchvision.utils import make_grid
 
+        grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=0.5)
         path = self.grid_file(kind, step)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images.detach().float().clamp(0, 1).cpu(), str(path), nrow=nrow, padding=2, pad_value=0.5)
-        return path
+        pixels = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(path)
+        return grid
 
     def save_figure(self, fig, path: Optional[Path] = None) -> Path:
         path = path or self.curves_file

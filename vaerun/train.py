@@ -160,7 +160,7 @@ def checkpoint_state(parts: Parts, step: int, best_elbo: float, data_gen: torch.
             "config": config}
 
 
-def save_grids(run, model: VAE, data: Data, step: int, num_samples: int, seed: int) -> None:
+def save_grids(run, model: VAE, data: Data, step: int, num_samples: int, seed: int) -> dict:
     """Prior samples (the same z at every step, so grids show progress) and val reconstructions."""
     gen = torch.Generator(device=data.train.images.device).manual_seed(seed + 15485863)
     model.eval()
@@ -171,8 +171,8 @@ def save_grids(run, model: VAE, data: Data, step: int, num_samples: int, seed: i
     model.train()
     pairs = torch.stack([x, recon]).unflatten(1, (-1, min(row, x.shape[0])))  # (2, rows, row, C, H, W)
     pairs = pairs.transpose(0, 1).flatten(0, 2)                               # input row, recon row, ...
-    run.save_grid("samples", step, samples, nrow=math.ceil(math.sqrt(num_samples)))
-    run.save_grid("recon", step, pairs, nrow=min(row, x.shape[0]))
+    return {"samples": run.save_grid("samples", step, samples, nrow=math.ceil(math.sqrt(num_samples))),
+            "recon": run.save_grid("recon", step, pairs, nrow=min(row, x.shape[0]))}
 
 
 def _log_tb(writer, split: str, rec: dict) -> None:
@@ -239,12 +239,10 @@ def fit(cfg: TrainConfig, parts: Parts, run, config: dict, reporter, writer=None
                 t_log += time.time() - t_eval  # evaluation time is not training time
             if step % cfg.sample_every == 0 or last:
                 t_grid = time.time()
-                save_grids(run, model, data, step, cfg.num_samples, cfg.seed)
+                grids = save_grids(run, model, data, step, cfg.num_samples, cfg.seed)
                 if writer is not None:
-                    from torchvision.io import decode_png, read_file
-
-                    for kind in ("samples", "recon"):
-                        writer.add_image(kind, decode_png(read_file(str(run.grid_file(kind, step)))), step)
+                    for kind, grid in grids.items():
+                        writer.add_image(kind, grid, step)
                 t_log += time.time() - t_grid
             if last:
                 break

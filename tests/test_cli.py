@@ -1,0 +1,101 @@
+"""The command line, as a user runs it (subprocesses): help, --cfg, config errors, a real run,
+a multirun, and a non-editable install that carries the config groups."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY, VAERUN, assert_run_contract
+
+
+def vaerun(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "", "COLUMNS": "120"}
+    env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run([VAERUN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def test_top_level_help_lists_subcommands():
+    out = vaerun("--help")
+    assert out.returncode == 0 and "train" in out.stdout
+    bad = vaerun("trian")
+    assert bad.returncode != 0 and "unknown command 'trian'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_train_help_lists_groups_and_options():
+    out = vaerun("train", "--help")
+    assert out.returncode == 0, out.stderr
+    for line in ("dataset: cifar10, fashion_mnist, image_folder, mnist, shapes", "model: conv, mlp",
+                 "likelihood: bernoulli, gaussian", "schedule: constant, cyclical, linear, sigmoid",
+                 "optimizer: adam, adamw, rmsprop, sgd"):
+        assert line in out.stdout
+    assert "schema" not in out.stdout.split("== Config (")[0]
+    assert "free_bits" in out.stdout and "batch_size" in out.stdout
+
+
+def test_cfg_job_prints_the_composed_config():
+    out = vaerun("train", "model=conv", "schedule=cyclical", "beta=4", "--cfg", "job")
+    assert out.returncode == 0, out.stderr
+    assert "name: conv" in out.stdout and "name: cyclical" in out.stdout and "beta: 4" in out.stdout
+
+
+@pytest.mark.parametrize("override,key,fix", [
+    ("betta=2", "betta", "beta=2"),                          # typo'd key
+    ("beta=abc", "beta", "beta=1.0"),                        # wrong type
+    ("model=convv", "model", "model=conv"),                  # unknown option
+    ("beta=-1", "beta", "beta=1"),                           # invalid value
+    ("batch_size=0", "batch_size", "batch_size=128"),        # invalid value
+    ("model.latent_dimm=4", "model.latent_dimm", "model.latent_dim=4"),
+    ("likelihood.learn_sigma=glob", "likelihood.learn_sigma", "global"),
+    ("dataset.binarize=yes", "dataset.binarize", "dynamic"),
+])
+def test_config_errors_are_one_screen_without_traceback(override, key, fix):
+    out = vaerun("train", override)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "Traceback" not in text
+    assert key in text and fix in text and "fix:" in text
+    assert len(text.splitlines()) <= 10
+
+
+def test_conv_stack_too_deep_for_the_image_is_a_config_error(tmp_path):
+    out = vaerun("train", *TINY, "model=conv", "model.channels=[8,8,8,8,8,8]", "dataset.image_size=8",
+                 "model.kernel=4", f"out_dir={tmp_path}")
+    text = out.stdout + out.stderr
+    assert out.returncode == 2 and "Traceback" not in text and "model.channels" in text and "fix:" in text
+    summary = json.loads(next(tmp_path.rglob("summary.json")).read_text())
+    assert summary["status"] == "failed" and "model.channels" in summary["error"]
+
+
+def test_train_writes_a_complete_run_folder(tmp_path):
+    out = vaerun("train", *TINY, f"out_dir={tmp_path}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    runs = [p.parent for p in tmp_path.rglob("summary.json")]
+    assert len(runs) == 1
+    assert_run_contract(runs[0], hydra=True)
+    assert "val @ step 6" in (runs[0] / "train.log").read_text()
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_multirun_sweeps_beta_into_separate_folders(tmp_path):
+    out = vaerun("train", "-m", *TINY, "schedule=constant", "beta=0.5,2", f"out_dir={tmp_path}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    runs = sorted(p.parent for p in tmp_path.rglob("summary.json"))
+    assert [r.name for r in runs] == ["0_beta=0.5", "1_beta=2"]
+    betas = [assert_run_contract(r, hydra=True)["final_val"]["beta"] for r in runs]
+    assert betas == [0.5, 2.0]
+
+
+def test_wheel_ships_the_config_groups(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    names = zipfile.ZipFile(next(tmp_path.glob("vaerun-*.whl"))).namelist()
+    for yaml in ("vaerun/conf/train.yaml", "vaerun/conf/model/conv.yaml", "vaerun/conf/dataset/shapes.yaml",
+                 "vaerun/conf/hydra/job_logging/vaerun.yaml", "vaerun/conf/hydra/help/vaerun.yaml"):
+        assert yaml in names
