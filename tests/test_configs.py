@@ -9,7 +9,8 @@ from conftest import SHARED_DATA, TINY, assert_run_contract, compose, have_mnist
 from vaerun.config import GROUPS
 from vaerun.confcheck import available_options
 from vaerun.runs import RunFolder
-from vaerun.train import build, train
+from vaerun.session import train
+from vaerun.train import build
 
 OPTIONS = [(g, o) for g in GROUPS for o in available_options(g)]
 

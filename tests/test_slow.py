@@ -5,7 +5,8 @@ import pytest
 
 from conftest import SHARED_DATA, compose, needs_mnist
 from vaerun.runs import RunFolder
-from vaerun.train import build, evaluate, train
+from vaerun.session import train
+from vaerun.train import build, evaluate
 
 
 @pytest.mark.slow

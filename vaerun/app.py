@@ -18,27 +18,49 @@ def _train_task(cfg: DictConfig) -> float:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from vaerun.errors import VaerunError
+    from vaerun.errors import Interrupted, VaerunError
     from vaerun.progress import use_bar
     from vaerun.runs import RunFolder
-    from vaerun.train import train
+    from vaerun.session import train
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    run = RunFolder(cfg.resume or hc.runtime.output_dir)
     try:
-        typed = OmegaConf.to_object(cfg)
-        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        typed, resolved = _resumed_config(cfg, run) if cfg.resume else (
+            OmegaConf.to_object(cfg), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         bar = use_bar(typed.progress.value, hc.runtime.choices.get("hydra/launcher"))
-        summary = train(typed, RunFolder(hc.runtime.output_dir), resolved, bar=bar and not multirun)
+        summary = train(typed, run, resolved, bar=bar and not multirun, resume=bool(cfg.resume))
     except VaerunError as err:
         log.error("%s", err)
         if multirun:
             raise
         sys.exit(2)
+    except Interrupted as err:
+        log.error("%s: checkpoint saved; %s is marked 'interrupted'. Continue with: vaerun train resume=%s",
+                  err, run.path, run.path)
+        sys.exit(err.exit_code)
     except KeyboardInterrupt:
-        log.error("interrupted: the run folder %s is marked 'interrupted'", hc.runtime.output_dir)
+        log.error("interrupted: %s is marked 'interrupted'. Continue with: vaerun train resume=%s", run.path, run.path)
         sys.exit(130)
     return -summary["final_val"]["elbo"]
+
+
+def _resumed_config(cfg: DictConfig, run):
+    """The run's own resolved config (config.yaml), typed; `progress` and `device` may change."""
+    from omegaconf import OmegaConf
+
+    from vaerun.config import TrainConfig
+    from vaerun.errors import CheckpointError
+
+    if not run.config_file.exists():
+        raise CheckpointError(f"resume={run.path}: not a vaerun run folder (no config.yaml).\n"
+                              f"  fix: pass a folder written by vaerun train, e.g. outputs/<date>/<time>")
+    saved = run.read_config()
+    saved.update(progress=OmegaConf.to_container(cfg, enum_to_str=True)["progress"],
+                 device=OmegaConf.to_container(cfg, enum_to_str=True)["device"], resume=None)
+    typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
+    return typed, saved
 
 
 train_main = hydra.main(version_base="1.3", config_path="pkg://vaerun.conf", config_name="train")(_train_task)

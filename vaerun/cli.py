@@ -27,21 +27,31 @@ def _usage() -> str:
 
 def _train(args: list[str]) -> int:
     from vaerun.config import register_configs
-    from vaerun.confcheck import check, should_check
+    from vaerun.confcheck import check, check_writable, should_check
 
     register_configs()
-    if should_check(args):
-        problem = check(args)
+    multirun = "-m" in args or "--multirun" in args
+    if should_check(args) or multirun:
+        problem = check(args) if not multirun else check_writable(_value(args, "out_dir") or "outputs")
         if problem:
             print(f"vaerun train: config error: {problem}", file=sys.stderr)
             return 2
     from vaerun.app import train_main
 
-    if "-m" in args or "--multirun" in args:
+    if multirun:
         args = [*args, sweep_dirname_override(args)]
+    resume = _value(args, "resume")
+    if resume and not multirun:  # continue in the run's own folder; keep its .hydra/ as it was
+        args = [*args, f"hydra.run.dir={resume}", "hydra.output_subdir=null"]
     sys.argv = [sys.argv[0], *args]
     train_main()
     return 0
+
+
+def _value(args: list[str], key: str):
+    """The value given to ``key=`` on the command line (the last one), or None."""
+    values = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0] == key and "=" in a]
+    return values[-1] if values else None
 
 
 def sweep_dirname_override(args: list[str]) -> str:

@@ -75,6 +75,43 @@ def explain(exc: BaseException, overrides: list[str], defaults) -> str:
     return f"{first}\n  fix: check the command line (`vaerun train --help` lists groups, options and keys)"
 
 
+def check_writable(folder: str) -> Optional[str]:
+    """None when run folders can be created under ``folder``; else the message to print."""
+    import os
+    import tempfile
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return (f"out_dir={folder}: run folders cannot be written there ({type(err).__name__}: "
+                f"{err.strerror or err}).\n  fix: pass out_dir=<a writable folder>, e.g. out_dir=$HOME/vaerun-outputs")
+    return None
+
+
+_RESUME_MAY_CHANGE = {"resume", "progress", "device"}
+
+
+def check_resume(folder: str, overrides: list[str]) -> Optional[str]:
+    """A resumed run keeps its own config; the folder must hold a config and a checkpoint."""
+    from pathlib import Path
+
+    changed = [o for o in overrides if o.lstrip("+~").split("=")[0] not in _RESUME_MAY_CHANGE
+               and not o.lstrip("+~").startswith("hydra")]
+    if changed:
+        return (f"{changed[0]}: a resumed run continues with its own config (its config.yaml), so it cannot be "
+                f"changed.\n  fix: drop {' '.join(changed)}, or start a new run")
+    run = Path(folder)
+    if not (run / "config.yaml").is_file():
+        return (f"resume={folder}: not a vaerun run folder (no config.yaml there).\n"
+                f"  fix: pass a run folder, e.g. resume=outputs/<date>/<time>")
+    if not (run / "checkpoints" / "last.pt").is_file():
+        return (f"resume={folder}: the run has no checkpoint yet (checkpoints/last.pt); it stopped before its "
+                f"first step.\n  fix: start it again as a new run")
+    return check_writable(folder)
+
+
 def check(overrides: list[str]) -> Optional[str]:
     """None when the overrides compose into a valid config; otherwise the message to print."""
     from hydra import compose, initialize_config_module
@@ -89,4 +126,6 @@ def check(overrides: list[str]) -> Optional[str]:
             return str(err)
         except Exception as err:  # Hydra/OmegaConf composition errors of every kind
             return explain(err, overrides, defaults)
-    return None
+    if cfg.resume:
+        return check_resume(cfg.resume, overrides)
+    return check_writable(cfg.out_dir)

@@ -84,6 +84,17 @@ class LRScheduler(Enum):
     plateau = "plateau"
 
 
+class OnNan(Enum):
+    rollback = "rollback"  # reload the last good checkpoint, halve the learning rate, retry
+    skip = "skip"          # drop the step (no update) and go on with the next batch
+    stop = "stop"          # stop at once with status `failed`
+
+
+class OnBadImage(Enum):
+    error = "error"
+    skip = "skip"
+
+
 class Device(Enum):
     auto = "auto"
     cpu = "cpu"
@@ -111,6 +122,7 @@ class DatasetConfig:
     test_size: int = 2000              # shapes, image_folder: size of the test split
     subset: Optional[int] = None       # keep only the first N examples of each split
     binarize: Binarize = Binarize.none
+    on_bad_image: OnBadImage = OnBadImage.error  # image_folder: a corrupt file stops, or is skipped and counted
 
 
 @dataclass
@@ -181,6 +193,11 @@ class TrainConfig:
     progress: Progress = Progress.auto
     tensorboard: bool = True
     out_dir: str = "outputs"           # root of run folders (used by hydra.run.dir / sweep.dir)
+    resume: Optional[str] = None       # a run folder to continue from its checkpoints/last.pt
+    checkpoint_every: int = 500        # steps between checkpoints/last.pt (also at every eval and the end)
+    on_nan: OnNan = OnNan.rollback     # what a non-finite loss or gradient does
+    nan_retries: int = 3               # rollback: retries (each halves the lr) before the run fails
+    nan_max_skips: int = 20            # skip: consecutive skipped steps before the run fails
 
 
 GROUPS = ("dataset", "model", "likelihood", "schedule", "optimizer")
@@ -218,8 +235,10 @@ def validate(cfg: TrainConfig) -> None:
            "use e.g. epochs=10, or set max_steps")
     if cfg.max_steps is not None:
         _check(cfg.max_steps > 0, "max_steps", cfg.max_steps, "must be positive", "use e.g. max_steps=1000, or max_steps=null")
-    for key in ("eval_every", "sample_every", "log_every"):
+    for key in ("eval_every", "sample_every", "log_every", "checkpoint_every"):
         _check(getattr(cfg, key) > 0, key, getattr(cfg, key), "must be a positive number of steps", f"use e.g. {key}=500")
+    _check(cfg.nan_retries >= 0, "nan_retries", cfg.nan_retries, "must be >= 0", "use e.g. nan_retries=3")
+    _check(cfg.nan_max_skips > 0, "nan_max_skips", cfg.nan_max_skips, "must be positive", "use e.g. nan_max_skips=20")
     _check(cfg.num_samples > 0, "num_samples", cfg.num_samples, "must be positive", "use e.g. num_samples=64")
     # dataset
     _check(d.image_size >= 4, "dataset.image_size", d.image_size, "must be at least 4 pixels", "use e.g. dataset.image_size=32")

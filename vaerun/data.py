@@ -6,6 +6,7 @@ per-sample Python runs on the training path.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -17,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from vaerun.errors import DataError
+
+log = logging.getLogger("vaerun")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SHAPE_NAMES = ("square", "ellipse", "heart")
@@ -84,6 +87,16 @@ class Data:
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size] if shuffle else slice(start, start + batch_size)
             yield self.prepare(images[idx], generator)
+
+
+    def train_epoch(self, batch_size: int, order: torch.Generator, skip: int = 0) -> Iterator[torch.Tensor]:
+        """One shuffled pass over the training split as uint8 batches; the permutation is drawn
+        from ``order`` first, so restoring ``order`` to an epoch's start state and skipping
+        ``skip`` batches continues that epoch exactly (resume)."""
+        images = self.train.images
+        perm = torch.randperm(images.shape[0], generator=order, device=images.device)
+        for start in range(skip * batch_size, images.shape[0], batch_size):
+            yield images[perm[start:start + batch_size]]
 
 
 def default_root() -> str:
@@ -187,9 +200,10 @@ def _read_cifar10(folder: str) -> tuple[Split, Split]:
 
 
 # ---------------------------------------------------------------- image folders
-def _load_image_folder(path: str, image_size: int, channels: int) -> Split:
+def _load_image_folder(path: str, image_size: int, channels: int, on_bad_image: str = "error") -> Split:
     """Every image under ``path`` (recursively), resized (shorter side) and centre-cropped.
-    Labels are the index of each image's first-level subfolder when there are subfolders."""
+    Labels are the index of each image's first-level subfolder when there are subfolders.
+    An unreadable file stops with its name (``on_bad_image='error'``) or is skipped and counted."""
     from PIL import Image
 
     folder = Path(path)
@@ -202,9 +216,12 @@ def _load_image_folder(path: str, image_size: int, channels: int) -> Split:
     classes = sorted({p.relative_to(folder).parts[0] for p in files if len(p.relative_to(folder).parts) > 1})
     mode = "L" if channels == 1 else "RGB"
     images = torch.empty(len(files), channels, image_size, image_size, dtype=torch.uint8)
-    for i, p in enumerate(files):  # load time only; training indexes the resulting tensor
+    good, bad, converted, resized = [], [], 0, 0
+    for p in files:  # load time only; training indexes the resulting tensor
         try:
             with Image.open(p) as im:
+                converted += im.mode != mode
+                resized += im.size != (image_size, image_size)
                 im = im.convert(mode)
                 w, h = im.size
                 k = image_size / min(w, h)
@@ -213,8 +230,23 @@ def _load_image_folder(path: str, image_size: int, channels: int) -> Split:
                 im = im.crop((left, top, left + image_size, top + image_size))
                 t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
         except Exception as err:
-            raise DataError(f"could not read image {p}: {err}\n  fix: remove or replace the file") from err
-        images[i] = t.reshape(image_size, image_size, channels).permute(2, 0, 1)
+            if on_bad_image != "skip":
+                raise DataError(f"could not read image {p}: {err}\n  fix: remove or replace the file, or skip "
+                                f"unreadable files with dataset.on_bad_image=skip") from err
+            bad.append(f"{p.name} ({type(err).__name__})")
+            continue
+        images[len(good)] = t.reshape(image_size, image_size, channels).permute(2, 0, 1)
+        good.append(p)
+    if bad:
+        log.warning("image_folder: skipped %d unreadable of %d files under %s (dataset.on_bad_image=skip): %s%s",
+                    len(bad), len(files), path, ", ".join(bad[:5]), " ..." if len(bad) > 5 else "")
+    if not good:
+        raise DataError(f"dataset.path={path}: none of its {len(files)} image files could be read.\n"
+                        f"  fix: point dataset.path at a folder of readable images")
+    if converted or resized:
+        log.info("image_folder: %d images converted to %s, %d resized/cropped to %dx%d", converted, mode, resized,
+                 image_size, image_size)
+    files, images = good, images[:len(good)]
     labels = None
     if classes:
         index = {c: i for i, c in enumerate(classes)}
@@ -251,7 +283,7 @@ def _carve(split: Split, sizes: Sequence[int]) -> list[Split]:
 def load_data(name: str, *, root: Optional[str] = None, path: Optional[str] = None, download: bool = True,
               image_size: int = 32, channels: int = 1, num_examples: int = 20000, val_size: int = 2000,
               test_size: int = 2000, subset: Optional[int] = None, binarize: str = "none",
-              seed: int = 0) -> Data:
+              seed: int = 0, on_bad_image: str = "error") -> Data:
     """Loads (or generates) a dataset into CPU uint8 tensors, split into train/val/test.
 
     Validation is carved from the end of the training set. ``subset`` keeps the first N examples
@@ -270,7 +302,7 @@ def load_data(name: str, *, root: Optional[str] = None, path: Optional[str] = No
                             f"  fix: use e.g. dataset.val_size=5000")
         train, val = _carve(full, [len(full) - val_size, val_size])
     elif name == "image_folder":
-        full = _load_image_folder(path or "", image_size, channels)
+        full = _load_image_folder(path or "", image_size, channels, on_bad_image)
         if len(full) <= val_size + test_size:
             raise DataError(
                 f"dataset.path={path} has {len(full)} images, not more than dataset.val_size + dataset.test_size "

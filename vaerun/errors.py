@@ -18,3 +18,21 @@ class ConfigError(VaerunError, ValueError):
 
 class DataError(VaerunError):
     """A dataset could not be found or read."""
+
+
+class CheckpointError(VaerunError):
+    """A checkpoint is missing, unreadable, foreign or unsafe."""
+
+
+class NonFiniteError(VaerunError):
+    """Training produced non-finite values and the on_nan policy gave up."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved. ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum, self.exit_code = signum, 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")

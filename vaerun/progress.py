@@ -26,8 +26,8 @@ def use_bar(mode: str, launcher: Optional[str] = "basic") -> bool:
 class Reporter:
     """Shows training progress; every call is cheap (values arrive already as Python floats)."""
 
-    def __init__(self, total_steps: int, bar: bool):
-        self.total, self.bar = total_steps, bar
+    def __init__(self, total_steps: int, bar: bool, start: int = 0):
+        self.total, self.bar, self.start = total_steps, bar, start
         self._progress = self._task = None
 
     def __enter__(self) -> "Reporter":
@@ -41,7 +41,7 @@ class Reporter:
                            "KL {task.fields[kl]:.2f} β {task.fields[beta]:.3f} {task.fields[speed]:,.0f} ex/s"),
                 TimeElapsedColumn(), TimeRemainingColumn(), refresh_per_second=4)
             self._progress.start()
-            self._task = self._progress.add_task("train", total=self.total, epoch=0.0, loss=float("nan"),
+            self._task = self._progress.add_task("train", total=self.total, completed=self.start, epoch=0.0, loss=float("nan"),
                                                  recon=float("nan"), kl=float("nan"), beta=0.0, speed=0.0)
         return self
 

@@ -146,10 +146,11 @@ class RunFolder:
         fig.savefig(path, dpi=110, bbox_inches="tight")
         return path
 
-    def tb_writer(self):
+    def tb_writer(self, purge_step: Optional[int] = None):
+        """TensorBoard writer on tb/; ``purge_step`` drops events from that step on (resume)."""
         from torch.utils.tensorboard import SummaryWriter
 
-        return SummaryWriter(log_dir=str(self.tb_dir))
+        return SummaryWriter(log_dir=str(self.tb_dir), purge_step=purge_step)
 
     # ------------------------------------------------------------ readers
     def read_metrics(self, split: Optional[str] = None) -> list[dict]:
@@ -175,16 +176,61 @@ class RunFolder:
         return OmegaConf.to_container(OmegaConf.load(self.config_file))
 
     def load_checkpoint(self, name: str = "last", map_location: Any = "cpu") -> dict:
-        import torch
+        return load_checkpoint_file(self.checkpoint_file(name), map_location)
 
-        path = self.checkpoint_file(name)
-        state = torch.load(path, map_location=map_location, weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a vaerun checkpoint")
-        return state
+    def truncate_metrics(self, step: int) -> int:
+        """Drops train/val records after ``step`` (logged after the checkpoint being resumed, so
+        they will be logged again); events are kept. Atomic. Returns how many were dropped."""
+        if not self.metrics_file.exists():
+            return 0
+        keep, dropped = [], 0
+        for line in self.metrics_file.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1  # a torn line from a crash mid-write
+                continue
+            if rec.get("split") in ("train", "val") and rec.get("step", 0) > step:
+                dropped += 1
+                continue
+            keep.append(line + "\n")
+        _atomic_write(self.metrics_file, lambda fh: fh.write("".join(keep).encode()))
+        return dropped
 
     def grids(self, kind: str) -> list[Path]:
         return sorted((self.path / kind).glob("step_*.png"))
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Loads a vaerun checkpoint with ``weights_only=True`` (a pickle that would run code is
+    refused). Every failure is a CheckpointError naming the file and what to do."""
+    import pickle
+
+    import torch
+
+    from vaerun.errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}.\n  fix: pass a run folder that has checkpoints/last.pt")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).split("\n\n")[0].replace("\n", " ")
+        if "Weights only load failed" in str(err):
+            raise CheckpointError(f"refused to load {path}: it holds objects that would run code when unpickled "
+                                  f"({reason[:300]}).\n  fix: only load checkpoints written by vaerun; if you trust "
+                                  f"this file, convert it yourself") from err
+        raise CheckpointError(f"{path} is not a readable checkpoint ({reason[:300]}).\n"
+                              f"  fix: it is corrupted; resume from another checkpoint or start a new run") from err
+    except Exception as err:  # truncated zip, random bytes, I/O errors
+        raise CheckpointError(f"{path} is not a readable checkpoint: it is truncated or corrupted "
+                              f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}).\n"
+                              f"  fix: resume from another checkpoint (e.g. best.pt) or start a new run") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is a PyTorch file but not a vaerun checkpoint (no 'format: {CHECKPOINT_FORMAT}').\n"
+                              f"  fix: pass a checkpoint written by vaerun train")
+    return state
 
 
 def find_runs(paths: Iterable[str | os.PathLike]) -> list[RunFolder]:

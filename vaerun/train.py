@@ -65,7 +65,8 @@ def build(cfg: TrainConfig) -> Parts:
     d, m, lk, s, o = cfg.dataset, cfg.model, cfg.likelihood, cfg.schedule, cfg.optimizer
     data = load_data(d.name.value, root=d.root, path=d.path, download=d.download, image_size=d.image_size,
                      channels=d.channels, num_examples=d.num_examples, val_size=d.val_size, test_size=d.test_size,
-                     subset=d.subset, binarize=d.binarize.value, seed=cfg.seed)
+                     subset=d.subset, binarize=d.binarize.value, seed=cfg.seed,
+                     on_bad_image=d.on_bad_image.value)
     if lk.name.value == "bernoulli" and not data.is_binary():
         log.warning("Bernoulli likelihood on non-binary data (%s has grey levels): recon is then a cross-entropy, "
                     "not a log-likelihood of the data. For honest nats use dataset.binarize=dynamic, or "
@@ -94,17 +95,19 @@ def build(cfg: TrainConfig) -> Parts:
 
 
 def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, beta: float, free_bits: float,
-               grad_clip: float, measure_grad: bool = False):
-    """One optimizer step on batch x. Returns (loss, terms, grad_norm or None), all on the device."""
+               grad_clip: float):
+    """One optimizer step on batch x. Returns (loss, terms, grad_norm, ok): the global gradient
+    norm before clipping, and whether loss and gradients were finite. A non-finite step is never
+    taken (the one host sync per step buys that guarantee)."""
     terms = elbo_terms(model, x)
     loss = training_loss(terms, beta, free_bits)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = None
-    if grad_clip > 0 or measure_grad:  # the norm before clipping; inf max_norm only measures
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
-    optimizer.step()
-    return loss.detach(), terms, grad_norm
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+    ok = bool(torch.isfinite(loss.detach() + grad_norm))
+    if ok:
+        optimizer.step()
+    return loss.detach(), terms, grad_norm, ok
 
 
 @torch.inference_mode()
@@ -141,162 +144,14 @@ class Accumulator:
         self.sums = vals if self.sums is None else tuple(a + b for a, b in zip(self.sums, vals))
         self.n += 1
 
+    def state_dict(self) -> dict:
+        return {"n": self.n, "sums": list(self.sums) if self.sums is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n, self.sums = state["n"], tuple(state["sums"]) if state["sums"] is not None else None
+
     def mean(self) -> dict:
         loss, recon, kl_dim = (v / self.n for v in self.sums)
         kl_d = kl_dim.tolist()
         self.n, self.sums = 0, None
         return {"loss": loss.item(), "recon": recon.item(), "kl": sum(kl_d), "kl_per_dim": kl_d}
-
-
-# ---------------------------------------------------------------- the loop
-def checkpoint_state(parts: Parts, step: int, best_elbo: float, data_gen: torch.Generator, config: dict) -> dict:
-    """Everything needed to continue: plain containers and tensors only (weights_only loading)."""
-    rng = {"torch": torch.get_rng_state(), "data": data_gen.get_state(), "python": random.getstate()}
-    if parts.device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
-            "lr_scheduler": parts.lr_scheduler.state_dict() if parts.lr_scheduler is not None else None,
-            "step": step, "epoch": step / parts.steps_per_epoch, "best_elbo": best_elbo, "rng": rng,
-            "config": config}
-
-
-def save_grids(run, model: VAE, data: Data, step: int, num_samples: int, seed: int) -> dict:
-    """Prior samples (the same z at every step, so grids show progress) and val reconstructions."""
-    gen = torch.Generator(device=data.train.images.device).manual_seed(seed + 15485863)
-    model.eval()
-    samples = model.sample(num_samples, generator=gen)                        # (N, C, H, W)
-    row = 8
-    x = data.prepare(data.val.images[:4 * row], gen)                          # (≤32, C, H, W)
-    recon = model.reconstruct(x)
-    model.train()
-    pairs = torch.stack([x, recon]).unflatten(1, (-1, min(row, x.shape[0])))  # (2, rows, row, C, H, W)
-    pairs = pairs.transpose(0, 1).flatten(0, 2)                               # input row, recon row, ...
-    return {"samples": run.save_grid("samples", step, samples, nrow=math.ceil(math.sqrt(num_samples))),
-            "recon": run.save_grid("recon", step, pairs, nrow=min(row, x.shape[0]))}
-
-
-def _log_tb(writer, split: str, rec: dict) -> None:
-    if writer is None:
-        return
-    for key in ("loss", "recon", "kl", "elbo", "beta", "lr", "grad_norm", "examples_per_sec"):
-        if rec.get(key) is not None:
-            writer.add_scalar(f"{split}/{key}", rec[key], rec["step"])
-    if split == "val":
-        for d, v in enumerate(rec["kl_per_dim"]):
-            writer.add_scalar(f"val_kl_per_dim/z{d}", v, rec["step"])
-
-
-def fit(cfg: TrainConfig, parts: Parts, run, config: dict, reporter, writer=None, t0: Optional[float] = None) -> dict:
-    """The training loop. Returns {'final_val', 'best_val', 'steps', 'examples_per_sec'}."""
-    t0 = t0 if t0 is not None else time.time()
-    model, opt, sched, data = parts.model, parts.optimizer, parts.lr_scheduler, parts.data
-    data_gen = torch.Generator(device=parts.device).manual_seed(cfg.seed)
-    acc, step, best, best_val, final_val = Accumulator(), 0, -math.inf, None, None
-    t_log, seen, seen_total, train_time = time.time(), 0, 0, 0.0
-    model.train()
-    while step < parts.total_steps:
-        for x in data.batches("train", cfg.batch_size, data_gen, shuffle=True):
-            beta = parts.schedule(step)
-            log_now = (step + 1) % cfg.log_every == 0 or step + 1 == parts.total_steps
-            loss, terms, gnorm = train_step(model, opt, x, beta, cfg.free_bits, cfg.optimizer.grad_clip, log_now)
-            acc.add(loss, terms.recon, terms.kl_per_dim)
-            step, seen = step + 1, seen + x.shape[0]
-            if is_per_step(sched):
-                sched.step()
-            reporter.advance(step)
-            if log_now:
-                now = time.time()
-                train_time += now - t_log
-                seen_total += seen
-                rec = {"step": step, "epoch": round(step / parts.steps_per_epoch, 4), "split": "train",
-                       **acc.mean(), "beta": beta, "lr": opt.param_groups[0]["lr"],
-                       "grad_norm": None if gnorm is None else gnorm.item(),
-                       "examples_per_sec": seen / max(now - t_log, 1e-9), "time": now - t0}
-                rec["elbo"] = -(rec["recon"] + rec["kl"])
-                run.append_metrics(rec)
-                reporter.train(rec)
-                _log_tb(writer, "train", rec)
-                t_log, seen = time.time(), 0
-            last = step == parts.total_steps
-            if step % cfg.eval_every == 0 or last:
-                t_eval = time.time()
-                final_val = evaluate(model, data, "val", cfg.eval_batch_size, beta=beta, free_bits=cfg.free_bits,
-                                     seed=cfg.seed)
-                final_val.update(step=step, epoch=round(step / parts.steps_per_epoch, 4), split="val", beta=beta,
-                                 time=time.time() - t0)
-                is_best = final_val["elbo"] > best
-                run.append_metrics(final_val)
-                reporter.val(final_val, is_best)
-                _log_tb(writer, "val", final_val)
-                if sched is not None and not is_per_step(sched):
-                    sched.step(final_val["loss"])
-                if is_best:
-                    best, best_val = final_val["elbo"], dict(final_val)
-                state = checkpoint_state(parts, step, best, data_gen, config)
-                run.save_checkpoint(state, "last")
-                if is_best:
-                    run.save_checkpoint(state, "best")
-                t_log += time.time() - t_eval  # evaluation time is not training time
-            if step % cfg.sample_every == 0 or last:
-                t_grid = time.time()
-                grids = save_grids(run, model, data, step, cfg.num_samples, cfg.seed)
-                if writer is not None:
-                    for kind, grid in grids.items():
-                        writer.add_image(kind, grid, step)
-                t_log += time.time() - t_grid
-            if last:
-                break
-    return {"final_val": final_val, "best_val": best_val, "steps": step,
-            "examples_per_sec": seen_total / train_time if train_time > 0 else None}
-
-
-def train(cfg: TrainConfig, run, config: dict, *, bar: bool = False) -> dict:
-    """Builds, trains and writes a complete run folder. ``config`` is the resolved config as plain
-    containers (stored in config.yaml and in every checkpoint). summary.json's status is written
-    at the start ("running") and at the end, whatever happens ("completed"/"failed"/"interrupted")."""
-    from vaerun.plots import curves_figure
-    from vaerun.progress import Reporter
-    from vaerun.runs import provenance
-
-    t0 = time.time()
-    summary: dict = {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "run_dir": str(run.path),
-                     "seed": cfg.seed, **provenance()}
-    run.write_config(config)
-    run.write_summary(summary)
-    writer = None
-    try:
-        parts = build(cfg)
-        n_params = sum(p.numel() for p in parts.model.parameters())
-        summary.update(device=str(parts.device), num_params=n_params, total_steps=parts.total_steps,
-                       steps_per_epoch=parts.steps_per_epoch, train_examples=len(parts.data.train),
-                       data_shape=list(parts.data.shape))
-        log.info("%s: %d train / %d val examples of shape %s | %s model, %d parameters | %d steps on %s | %s",
-                 parts.data.name, len(parts.data.train), len(parts.data.val), "x".join(map(str, parts.data.shape)),
-                 cfg.model.name.value, n_params, parts.total_steps, parts.device, run.path)
-        writer = run.tb_writer() if cfg.tensorboard else None
-        with Reporter(parts.total_steps, bar) as reporter:
-            result = fit(cfg, parts, run, config, reporter, writer, t0)
-        summary.update(status="completed", **result)
-    except KeyboardInterrupt:
-        summary.update(status="interrupted", error="interrupted by the user (KeyboardInterrupt)")
-        raise
-    except BaseException as err:
-        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
-        raise
-    finally:
-        if writer is not None:
-            writer.close()
-        summary.update(ended=time.strftime("%Y-%m-%dT%H:%M:%S"), wall_time_s=round(time.time() - t0, 3))
-        records = run.read_metrics()
-        if records:
-            import matplotlib.pyplot as plt
-
-            fig = curves_figure(records)
-            run.save_figure(fig)
-            plt.close(fig)
-        run.write_summary(summary)
-    fv = summary["final_val"]
-    log.info("done in %.1fs: val elbo %.3f nats (recon %.3f, kl %.3f) | best %.3f at step %d | %s",
-             summary["wall_time_s"], fv["elbo"], fv["recon"], fv["kl"], summary["best_val"]["elbo"],
-             summary["best_val"]["step"], run.path)
-    return summary
