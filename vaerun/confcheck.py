@@ -118,14 +118,13 @@ def check(overrides: list[str]) -> Optional[str]:
 
     overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     with initialize_config_module("vaerun.conf", version_base="1.3"):
-        defaults = compose("train")
         try:
             cfg = compose("train", overrides=overrides)
             validate(OmegaConf.to_object(cfg))
         except ConfigError as err:
             return str(err)
         except Exception as err:  # Hydra/OmegaConf composition errors of every kind
-            return explain(err, overrides, defaults)
+            return explain(err, overrides, compose("train"))
     if cfg.resume:
         return check_resume(cfg.resume, overrides)
     return check_writable(cfg.out_dir)

@@ -161,25 +161,59 @@ def _missing_data(name: str, root: str, cause: Exception) -> DataError:
         f"or set VAERUN_DATA; or go online with dataset.download=true.")
 
 
-def _load_torchvision(name: str, root: str, download: bool) -> tuple[Split, Split]:
-    """(train, test) splits of MNIST / Fashion-MNIST / CIFAR-10 in torchvision's file layout."""
-    import torchvision
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
+
+def _read_idx(path: str) -> torch.Tensor:
+    """An IDX file (MNIST's format: big-endian header, then uint8 data) as a uint8 tensor."""
+    import numpy as np
+
+    with open(path, "rb") as fh:
+        data = fh.read()
+    magic = int.from_bytes(data[:4], "big")
+    if magic >> 8 != 0x08:  # 0x0801 labels, 0x0803 images: uint8 payloads
+        raise DataError(f"{path} is not an uint8 IDX file (magic {magic:#x}).\n  fix: replace it with the original file")
+    ndim = magic & 0xFF
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if payload.size != int(np.prod(shape)):
+        raise DataError(f"{path} is truncated ({payload.size} of {int(np.prod(shape))} values).\n"
+                        f"  fix: replace it with the original file")
+    return torch.from_numpy(payload.copy()).view(*shape)
+
+
+def _read_mnist_like(folder: str) -> tuple[Split, Split]:
+    """torchvision's ``<root>/<Name>/raw`` IDX files, read directly (no per-image objects)."""
+    def read(split: str) -> Split:
+        images, labels = (os.path.join(folder, f) for f in _IDX_FILES[split])
+        return Split(_read_idx(images).unsqueeze(1), _read_idx(labels).long())
+
+    return read("train"), read("test")
+
+
+def _load_torchvision(name: str, root: str, download: bool) -> tuple[Split, Split]:
+    """(train, test) splits of MNIST / Fashion-MNIST / CIFAR-10 in torchvision's file layout.
+    Files are read directly; torchvision is imported only to download missing files."""
     present = os.path.exists(os.path.join(root, _TV_FILES[name]))
     try:
+        if not present:
+            if not download:
+                raise FileNotFoundError("dataset.download=false")
+            import torchvision
+
+            if name == "cifar10":
+                torchvision.datasets.CIFAR10(root, train=True, download=True)
+            else:
+                getattr(torchvision.datasets, _TV_CLASSES[name])(root, train=True, download=True)
+                getattr(torchvision.datasets, _TV_CLASSES[name])(root, train=False, download=True)
         if name == "cifar10":
-            if not present:
-                torchvision.datasets.CIFAR10(root, train=True, download=download)
             return _read_cifar10(os.path.join(root, "cifar-10-batches-py"))
-        cls = getattr(torchvision.datasets, _TV_CLASSES[name])
-        train = cls(root, train=True, download=download and not present)
-        test = cls(root, train=False, download=False)
+        return _read_mnist_like(os.path.join(root, _TV_CLASSES[name], "raw"))
     except DataError:
         raise
     except Exception as err:  # torchvision raises RuntimeError / URLError / OSError here
         raise _missing_data(name, root, err) from err
-    return (Split(train.data.unsqueeze(1).clone(), train.targets.clone()),
-            Split(test.data.unsqueeze(1).clone(), test.targets.clone()))
 
 
 def _read_cifar10(folder: str) -> tuple[Split, Split]:

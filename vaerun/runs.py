@@ -132,13 +132,12 @@ class RunFolder:
         Returns the grid as a (3, H', W') float tensor (for TensorBoard)."""
         import torch
         from PIL import Image
-        from torchvision.utils import make_grid
 
-        grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=0.5)
+        grid = image_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow)
         path = self.grid_file(kind, step)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pixels = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-        Image.fromarray(pixels).save(path)
+        pixels = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)  # (H', W', C)
+        Image.fromarray(pixels.squeeze(-1).numpy() if pixels.shape[-1] == 1 else pixels.numpy()).save(path)
         return grid
 
     def save_figure(self, fig, path: Optional[Path] = None) -> Path:
@@ -199,6 +198,21 @@ class RunFolder:
 
     def grids(self, kind: str) -> list[Path]:
         return sorted((self.path / kind).glob("step_*.png"))
+
+
+def image_grid(images, nrow: int, padding: int = 2, pad_value: float = 0.5):
+    """(N, C, H, W) -> one (C, H', W') image: ``nrow`` images per row, separated by ``padding``
+    pixels of ``pad_value``."""
+    import torch
+
+    n, c, h, w = images.shape
+    rows = -(-n // nrow)
+    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + k * (w + padding)
+        grid[:, top:top + h, left:left + w] = images[i]
+    return grid
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
