@@ -5,7 +5,9 @@ import os
 import sys
 
 COMMANDS = {
-    "train": "train a VAE: vaerun train [group=option ...] [key=value ...]; -m to sweep",
+    "train": "train a VAE: vaerun train [group=option ...] [key=value ...]; -m to sweep; resume=RUN",
+    "eval": "evaluate a run on a whole split with the importance-weighted NLL: vaerun eval RUN [--iw-samples K]",
+    "diagnose": "verdicts with evidence and next steps: vaerun diagnose RUN",
 }
 
 USAGE = """usage: vaerun <command> [args]
@@ -95,8 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "train":
         return _train(rest)
+    if command in ("eval", "diagnose"):
+        from vaerun import commands
+
+        return commands.guarded(getattr(commands, f"{command}_main"), rest)
+    import difflib
+
+    near = difflib.get_close_matches(command, COMMANDS, n=1)
     print(f"vaerun: unknown command '{command}'. Commands: {', '.join(COMMANDS)}\n"
-          f"  fix: vaerun train ... (vaerun --help lists every command)", file=sys.stderr)
+          f"  fix: vaerun {near[0] if near else 'train'} ... (vaerun --help lists every command)", file=sys.stderr)
     return 2
 
 

@@ -172,12 +172,24 @@ class OptimizerConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    au_threshold: float = 0.01         # active unit: Cov_x(E_q[z_d]) above this (Burda et al. 2015)
+    collapse_threshold: float = 0.01   # a latent dim with KL below this many nats counts as collapsed
+    early_fraction: float = 0.2        # "early in training": the first fraction of the steps
+    mi_examples: int = 1000            # validation examples for the mutual-information estimate
+    iw_samples: int = 50               # K of nll_iw at each validation pass; 0 = off
+    iw_examples: int = 256             # validation examples nll_iw is computed on during training
+    grad_norms: bool = True            # measure how hard recon and β·KL pull on the encoder at each validation
+
+
+@dataclass
 class TrainConfig:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
     likelihood: LikelihoodConfig = MISSING
     schedule: ScheduleConfig = MISSING
     optimizer: OptimizerConfig = MISSING
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     beta: float = 1.0                  # target β of every schedule
     free_bits: float = 0.0             # λ nats per latent dim (Kingma et al. 2016); 0 = off
     epochs: int = 20
@@ -239,6 +251,15 @@ def validate(cfg: TrainConfig) -> None:
         _check(getattr(cfg, key) > 0, key, getattr(cfg, key), "must be a positive number of steps", f"use e.g. {key}=500")
     _check(cfg.nan_retries >= 0, "nan_retries", cfg.nan_retries, "must be >= 0", "use e.g. nan_retries=3")
     _check(cfg.nan_max_skips > 0, "nan_max_skips", cfg.nan_max_skips, "must be positive", "use e.g. nan_max_skips=20")
+    dg = cfg.diagnostics
+    _check(dg.au_threshold > 0, "diagnostics.au_threshold", dg.au_threshold, "must be positive", "use e.g. 0.01")
+    _check(dg.collapse_threshold > 0, "diagnostics.collapse_threshold", dg.collapse_threshold, "must be positive",
+           "use e.g. diagnostics.collapse_threshold=0.01")
+    _check(0 < dg.early_fraction <= 1, "diagnostics.early_fraction", dg.early_fraction, "must be in (0, 1]",
+           "use e.g. diagnostics.early_fraction=0.2")
+    _check(dg.mi_examples > 1, "diagnostics.mi_examples", dg.mi_examples, "needs at least 2 examples", "use e.g. 1000")
+    _check(dg.iw_samples >= 0, "diagnostics.iw_samples", dg.iw_samples, "must be >= 0 (0 = off)", "use e.g. 50")
+    _check(dg.iw_examples > 0, "diagnostics.iw_examples", dg.iw_examples, "must be positive", "use e.g. 256")
     _check(cfg.num_samples > 0, "num_samples", cfg.num_samples, "must be positive", "use e.g. num_samples=64")
     # dataset
     _check(d.image_size >= 4, "dataset.image_size", d.image_size, "must be at least 4 pixels", "use e.g. dataset.image_size=32")

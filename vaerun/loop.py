@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
+from vaerun.checks import CollapseWatch, audit, term_grad_norms
 from vaerun.config import TrainConfig
 from vaerun.data import Data
 from vaerun.errors import Interrupted, NonFiniteError
@@ -180,6 +181,8 @@ class Trainer:
         self.state, self.acc, self.rngs = LoopState(), Accumulator(), Rngs.create(cfg.seed, parts.device)
         self.t0 = t0 if t0 is not None else time.time()
         self.t_log, self.seen, self.seen_total, self.train_time, self.consecutive_skips = time.time(), 0, 0, 0.0, 0
+        dg = cfg.diagnostics
+        self.watch = CollapseWatch(dg.collapse_threshold, int(dg.early_fraction * parts.total_steps))
 
     def resume(self, ckpt: dict) -> None:
         self.state = restore(self.parts, ckpt, self.rngs, self.acc)
@@ -197,6 +200,9 @@ class Trainer:
         """Trains to total_steps; returns {'final_val', 'best_val', 'steps', 'examples_per_sec'}."""
         total = self.parts.total_steps
         if self.state.step == 0 and self.state.batch == 0:
+            p = self.parts
+            self.run.append_metrics(audit(p.model, p.data, self.cfg.batch_size, p.schedule(0), self.cfg.beta,
+                                          self.cfg.free_bits, self.cfg.seed))
             self.rngs.epoch_start = self.rngs.order.get_state()
             self.save()  # step 0: resume and rollback always have a starting point
         while self.state.step < total:
@@ -260,10 +266,15 @@ class Trainer:
         self.t_log, self.seen = time.time(), 0
 
     def _evaluate(self, beta: float) -> None:
-        t, s, p = time.time(), self.state, self.parts
+        t, s, p, dg = time.time(), self.state, self.parts, self.cfg.diagnostics
         v = evaluate(p.model, p.data, "val", self.cfg.eval_batch_size, beta=beta, free_bits=self.cfg.free_bits,
-                     seed=self.cfg.seed)
+                     seed=self.cfg.seed, au_threshold=dg.au_threshold, mi_examples=dg.mi_examples,
+                     iw_samples=dg.iw_samples, iw_examples=dg.iw_examples)
+        if dg.grad_norms:
+            x = p.data.prepare(p.data.val.images[:self.cfg.batch_size], torch.Generator(p.device).manual_seed(1))
+            v.update(term_grad_norms(p.model, x, beta, self.cfg.free_bits))
         v.update(step=s.step, epoch=round(s.step / p.steps_per_epoch, 4), split="val", beta=beta, time=t - self.t0)
+        self.watch.check(s.step, v["kl_per_dim"])
         is_best = v["elbo"] > s.best_elbo
         self.run.append_metrics(v)
         self.reporter.val(v, is_best)

@@ -38,11 +38,12 @@ class Reporter:
             self._progress = Progress(
                 TextColumn("epoch {task.fields[epoch]:.2f}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]:.2f} recon {task.fields[recon]:.2f} "
-                           "KL {task.fields[kl]:.2f} β {task.fields[beta]:.3f} {task.fields[speed]:,.0f} ex/s"),
+                           "KL {task.fields[kl]:.2f} AU {task.fields[au]} β {task.fields[beta]:.3f} "
+                           "{task.fields[speed]:,.0f} ex/s"),
                 TimeElapsedColumn(), TimeRemainingColumn(), refresh_per_second=4)
             self._progress.start()
             self._task = self._progress.add_task("train", total=self.total, completed=self.start, epoch=0.0, loss=float("nan"),
-                                                 recon=float("nan"), kl=float("nan"), beta=0.0, speed=0.0)
+                                                 recon=float("nan"), kl=float("nan"), beta=0.0, speed=0.0, au="-")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -63,9 +64,12 @@ class Reporter:
                      rec["lr"], f"{rec['examples_per_sec']:,.0f}")
 
     def val(self, rec: dict, best: bool) -> None:
-        used = sum(k > 0.01 for k in rec["kl_per_dim"])
-        log.info("val @ step %d | elbo %.3f | recon %.3f | kl %.3f | dims with KL > 0.01 nats: %d/%d%s",
-                 rec["step"], rec["elbo"], rec["recon"], rec["kl"], used, len(rec["kl_per_dim"]),
+        d = len(rec["kl_per_dim"])
+        if self._progress is not None:
+            self._progress.update(self._task, au=f"{rec['active_units']}/{d}")
+        iw = f" | nll_iw(K={rec['iw_samples']}) {rec['nll_iw']:.3f}" if "nll_iw" in rec else ""
+        log.info("val @ step %d | elbo %.3f | recon %.3f | kl %.3f | active units %d/%d | mi %.3f%s%s",
+                 rec["step"], rec["elbo"], rec["recon"], rec["kl"], rec["active_units"], d, rec["mi"], iw,
                  " | best so far" if best else "")
 
 

@@ -12,6 +12,8 @@
       recon/step_XXXXXXX.png    inputs (odd rows) above their reconstructions (even rows)
       curves.png              recon, KL and β against step
       tb/                     TensorBoard events
+      eval.json               `vaerun eval` results, one entry per split/checkpoint/K
+      diagnosis.json/.md      `vaerun diagnose` verdicts
 
 All losses are nats per example; see README "The run folder".
 """
@@ -117,6 +119,18 @@ class RunFolder:
             raise ValueError(f"summary status must be one of {STATUSES}")
         text = json.dumps(_jsonable(summary), indent=2)
         _atomic_write(self.summary_file, lambda fh: fh.write(text.encode()))
+
+    def write_report(self, name: str, content) -> Path:
+        """eval.json, diagnosis.json (dicts) or diagnosis.md (text) in the run folder, atomically."""
+        if name not in ("eval.json", "diagnosis.json", "diagnosis.md"):
+            raise ValueError(f"unknown report {name!r}")
+        text = content if isinstance(content, str) else json.dumps(_jsonable(content), indent=2)
+        _atomic_write(self.path / name, lambda fh: fh.write(text.encode()))
+        return self.path / name
+
+    def read_report(self, name: str) -> dict:
+        path = self.path / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
     def save_checkpoint(self, state: dict, name: str = "last") -> Path:
         """``state`` must hold only tensors and plain containers (weights_only loading)."""

@@ -63,7 +63,7 @@ def train(cfg: TrainConfig, run, config: dict, *, bar: bool = False, resume: boo
             trainer.writer = writer
             with Reporter(parts.total_steps, bar, start=trainer.state.step) as trainer.reporter:
                 result = trainer.fit(stop)
-        summary.update(**result)
+            summary.update(**result, diagnosis=_diagnose(run, config, parts, cfg.seed))
         finish("completed")
     except Interrupted as err:
         finish("interrupted", f"{err}; resume with: vaerun train resume={run.path}")
@@ -81,6 +81,18 @@ def train(cfg: TrainConfig, run, config: dict, *, bar: bool = False, resume: boo
     log.info("done in %.1fs: val elbo %.3f nats (recon %.3f, kl %.3f) | best %.3f at step %d | %s",
              summary["wall_time_s"], fv["elbo"], fv["recon"], fv["kl"], bv["elbo"], bv["step"], run.path)
     return summary
+
+
+def _diagnose(run, config: dict, parts, seed: int) -> dict:
+    """Runs `vaerun diagnose` on the finished model; returns the verdicts for summary.json."""
+    from vaerun.diagnose import diagnose, to_markdown, z_dependence
+
+    report = diagnose(run.read_metrics(), config, z_dependence(parts.model, parts.data, seed=seed))
+    run.write_report("diagnosis.json", report)
+    run.write_report("diagnosis.md", to_markdown(report, str(run.path)))
+    log.info("diagnosis: %s — %s (details: vaerun diagnose %s)", report["overall"], report["headline"], run.path)
+    return {"overall": report["overall"], "headline": report["headline"],
+            "checks": {v["name"]: v["status"] for v in report["verdicts"]}}
 
 
 def _write_curves(run) -> None:

@@ -57,31 +57,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # CPU and every CUDA device
 
 
+def build_data(cfg: TrainConfig, warn: bool = True) -> Data:
+    """The dataset of ``cfg`` as CPU uint8 tensors (see data.load_data)."""
+    d = cfg.dataset
+    data = load_data(d.name.value, root=d.root, path=d.path, download=d.download, image_size=d.image_size,
+                     channels=d.channels, num_examples=d.num_examples, val_size=d.val_size, test_size=d.test_size,
+                     subset=d.subset, binarize=d.binarize.value, seed=cfg.seed, on_bad_image=d.on_bad_image.value)
+    if warn and cfg.likelihood.name.value == "bernoulli" and not data.is_binary():
+        log.warning("Bernoulli likelihood on non-binary data (%s has grey levels): recon is then a cross-entropy, "
+                    "not a log-likelihood of the data. For honest nats use dataset.binarize=dynamic, or "
+                    "likelihood=gaussian.", data.name)
+    return data
+
+
+def build_model(cfg: TrainConfig, data_shape: tuple[int, int, int]) -> VAE:
+    """The VAE of ``cfg`` for data of ``data_shape`` (C, H, W), on the CPU."""
+    m, lk = cfg.model, cfg.likelihood
+    likelihood = build_likelihood(lk.name.value, data_shape[0], sigma=lk.sigma, learn_sigma=lk.learn_sigma.value,
+                                  min_log_sigma=lk.min_log_sigma, max_log_sigma=lk.max_log_sigma)
+    try:
+        return build_vae(m.name.value, data_shape, likelihood, latent_dim=m.latent_dim, hidden=list(m.hidden),
+                         channels=list(m.channels), kernel=m.kernel, activation=m.activation.value, init=m.init.value)
+    except ValueError as err:
+        raise ConfigError("model.channels", list(m.channels), f"{err} (dataset.image_size={data_shape[-1]})",
+                          "use fewer stages (e.g. model.channels=[32,64]), a smaller model.kernel, or a "
+                          "larger dataset.image_size") from err
+
+
 def build(cfg: TrainConfig) -> Parts:
     """Validates the config, then builds data -> likelihood -> model -> schedule -> optimizer."""
     validate(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device.value)
-    d, m, lk, s, o = cfg.dataset, cfg.model, cfg.likelihood, cfg.schedule, cfg.optimizer
-    data = load_data(d.name.value, root=d.root, path=d.path, download=d.download, image_size=d.image_size,
-                     channels=d.channels, num_examples=d.num_examples, val_size=d.val_size, test_size=d.test_size,
-                     subset=d.subset, binarize=d.binarize.value, seed=cfg.seed,
-                     on_bad_image=d.on_bad_image.value)
-    if lk.name.value == "bernoulli" and not data.is_binary():
-        log.warning("Bernoulli likelihood on non-binary data (%s has grey levels): recon is then a cross-entropy, "
-                    "not a log-likelihood of the data. For honest nats use dataset.binarize=dynamic, or "
-                    "likelihood=gaussian.", data.name)
-    likelihood = build_likelihood(lk.name.value, data.shape[0], sigma=lk.sigma, learn_sigma=lk.learn_sigma.value,
-                                  min_log_sigma=lk.min_log_sigma, max_log_sigma=lk.max_log_sigma)
-    try:
-        model = build_vae(m.name.value, data.shape, likelihood, latent_dim=m.latent_dim, hidden=list(m.hidden),
-                          channels=list(m.channels), kernel=m.kernel, activation=m.activation.value,
-                          init=m.init.value)
-    except ValueError as err:
-        raise ConfigError("model.channels", list(m.channels), f"{err} (dataset.image_size={data.shape[-1]})",
-                          "use fewer stages (e.g. model.channels=[32,64]), a smaller model.kernel, or a "
-                          "larger dataset.image_size") from err
-    model.to(device)
+    s, o = cfg.schedule, cfg.optimizer
+    data = build_data(cfg)
+    model = build_model(cfg, data.shape).to(device)
     data = data.to(device)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
@@ -112,25 +122,51 @@ def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, be
 
 @torch.inference_mode()
 def evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float = 1.0, free_bits: float = 0.0,
-             seed: int = 0) -> dict:
-    """Mean per-example recon, KL, ELBO (at β = 1) and KL per dimension over a whole split.
-    ``loss`` is the β-weighted training objective at the given β, for comparison only.
-    Dynamic binarization uses a fixed seed, so every evaluation sees the same draw."""
+             seed: int = 0, au_threshold: float = 0.01, mi_examples: int = 1000, iw_samples: int = 0,
+             iw_examples: Optional[int] = None, on_batch: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Validation metrics over a whole split, always at β = 1 (see README "Metrics").
+
+    recon, kl, elbo, kl_per_dim: means per example, nats. active_units and au_variance from the
+    posterior means of every example; mi over the first ``mi_examples``; nll_iw (K = iw_samples)
+    over the first ``iw_examples`` (all when None); bpd from −elbo, bpd_iw from nll_iw.
+    ``loss`` is the β-weighted objective at the given β, for comparison only. Dynamic
+    binarization uses a fixed seed, so every evaluation sees the same draw."""
+    from vaerun.likelihoods import Gaussian
+    from vaerun.metrics import active_units, aggregate_posterior_gap, bits_per_dim, iw_log_likelihood, mutual_information
+
     model.eval()
     gen = torch.Generator(device=data.train.images.device).manual_seed(seed + 104729)
-    n, recon, kl_dim, penalty = 0, 0.0, 0.0, 0.0
+    n_total, n, recon, kl_dim, penalty, mus, logvars, iw = len(data.split(split)), 0, 0.0, 0.0, 0.0, [], [], []
     for x in data.batches(split, batch_size, gen):
         t = elbo_terms(model, x)
         b = x.shape[0]
-        n += b
         recon = recon + t.recon.double().sum()
         kl_dim = kl_dim + t.kl_per_dim.double().sum(0)
         penalty = penalty + b * kl_penalty(t.kl_per_dim, free_bits).double()
+        mus.append(t.mu)
+        logvars.append(t.logvar)
+        if iw_samples > 0 and (iw_examples is None or n < iw_examples):
+            take = b if iw_examples is None else min(b, iw_examples - n)
+            iw.append(iw_log_likelihood(model, x[:take], iw_samples))
+        n += b
+        if on_batch is not None:
+            on_batch(n, n_total)
     model.train()
+    mu, logvar = torch.cat(mus), torch.cat(logvars)  # (N, D)
     recon_m, kl_d = (recon / n).item(), (kl_dim / n).tolist()
-    kl_m = sum(kl_d)
-    return {"loss": recon_m + beta * (penalty / n).item(), "recon": recon_m, "kl": kl_m, "elbo": -(recon_m + kl_m),
-            "kl_per_dim": kl_d, "n": n}
+    kl_m, dims = sum(kl_d), math.prod(data.shape)
+    continuous = isinstance(model.likelihood, Gaussian)
+    au, au_var = active_units(mu, au_threshold)
+    out = {"loss": recon_m + beta * (penalty / n).item(), "recon": recon_m, "kl": kl_m, "elbo": -(recon_m + kl_m),
+           "kl_per_dim": kl_d, "n": n, "active_units": au, "au_variance": au_var,
+           "mi": mutual_information(mu[:mi_examples], logvar[:mi_examples]),
+           "aggregate_kl": aggregate_posterior_gap(mu, logvar),
+           "bpd": bits_per_dim(recon_m + kl_m, dims, continuous)}
+    if iw:
+        nll = -torch.cat(iw).mean().item()
+        out.update(nll_iw=nll, iw_samples=iw_samples, iw_n=sum(len(v) for v in iw),
+                   bpd_iw=bits_per_dim(nll, dims, continuous))
+    return out
 
 
 class Accumulator:

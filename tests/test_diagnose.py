@@ -1,0 +1,109 @@
+"""Diagnosis on small real runs: a collapsed run, a healthy run and a learning-rate blow-up get the
+right verdicts; `vaerun eval` and `vaerun diagnose` work from the command line."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import TINY, VAERUN, compose
+from vaerun.runs import RunFolder
+from vaerun.session import train
+
+SMALL = ["dataset.num_examples=1200", "dataset.val_size=200", "dataset.test_size=100", "dataset.image_size=16",
+         "batch_size=64", "max_steps=400", "eval_every=50", "sample_every=400", "log_every=10", "num_samples=4",
+         "model.hidden=[128]", "model.latent_dim=4", "progress=log", "diagnostics.iw_samples=10"]
+
+
+def run_small(tmp_path, *extra, expect_failure=False) -> tuple[RunFolder, dict]:
+    cfg, resolved = compose([*SMALL, *extra])
+    run = RunFolder(tmp_path / "run")
+    try:
+        train(cfg, run, resolved)
+    except Exception:
+        if not expect_failure:
+            raise
+    return run, run.read_report("diagnosis.json")
+
+
+def checks(report: dict) -> dict:
+    return {v["name"]: v for v in report["verdicts"]}
+
+
+def test_a_collapsed_run_is_diagnosed_as_full_collapse(tmp_path):
+    run, report = run_small(tmp_path, "schedule=constant", "beta=30")
+    c = checks(report)["posterior_collapse"]
+    assert report["overall"] == "problem" and c["status"] == "problem" and "full collapse" in c["verdict"]
+    assert c["evidence"]["active_units"] == 0 and len(c["evidence"]["collapsed_dims"]) == 4
+    assert c["evidence"]["shuffle_penalty"] < 1.0                        # the decoder ignores z
+    assert any("beta=1" in s for s in c["next_steps"])
+    assert checks(report)["imbalance"]["status"] == "problem"            # KL dominates at β = 30
+    assert run.read_summary()["diagnosis"]["checks"]["posterior_collapse"] == "problem"
+
+
+def test_a_healthy_run_is_diagnosed_healthy(tmp_path):
+    run, report = run_small(tmp_path, "schedule.warmup_steps=100")
+    assert report["overall"] == "ok", json.dumps(report, indent=1)
+    assert checks(report)["posterior_collapse"]["evidence"]["shuffle_penalty"] > 10
+    assert run.read_summary()["diagnosis"]["overall"] == "ok"
+
+
+def test_a_learning_rate_blow_up_is_optimization_trouble(tmp_path, monkeypatch):
+    from vaerun import loop
+
+    real = loop.Trainer._step
+
+    def step_with_blow_up(self, xb):  # at step 200 the learning rate jumps 3000x
+        if self.state.step == 200:
+            loop.scale_lr(self.parts, 3000.0)
+        return real(self, xb)
+
+    monkeypatch.setattr(loop.Trainer, "_step", step_with_blow_up)
+    run, _ = run_small(tmp_path, "on_nan=skip", "nan_max_skips=400", expect_failure=True)
+    from vaerun.diagnose import diagnose
+
+    report = diagnose(run.read_metrics(), run.read_config())
+    opt = checks(report)["optimization"]
+    assert opt["status"] == "problem" and "optimization trouble" in opt["verdict"]
+    assert any(s.startswith("optimizer.lr=") for s in opt["next_steps"])
+
+
+def test_likelihood_mismatch_is_reported(tmp_path):
+    from vaerun.diagnose import diagnose
+
+    audit = {"split": "audit", "notes": ["Bernoulli likelihood on grey levels: recon is a cross-entropy"]}
+    val = {"split": "val", "step": 10, "kl": 5.0, "kl_per_dim": [2.5, 2.5], "elbo": -90.0, "mi": 2.0,
+           "active_units": 2, "aggregate_kl": 0.1}
+    report = diagnose([audit, val], {"likelihood": {"name": "bernoulli"}})
+    assert checks(report)["likelihood"]["status"] == "problem"
+    assert "dataset.binarize=dynamic" in checks(report)["likelihood"]["next_steps"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli")
+    proc = subprocess.run([VAERUN, "train", *TINY, f"out_dir={out}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "diagnosis:" in proc.stdout
+    return next(out.rglob("summary.json")).parent
+
+
+def test_eval_command_writes_eval_json(tiny_run):
+    out = subprocess.run([VAERUN, "eval", str(tiny_run), "--iw-samples", "20", "--split", "test"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "nll_iw" in out.stdout and "K=20" in out.stdout
+    res = json.loads((tiny_run / "eval.json").read_text())["test/best/K=20"]
+    assert res["iw_samples"] == 20 and res["iw_n"] == res["n"] == 40   # every test example, K as asked
+    assert res["nll_iw"] <= -res["elbo"] + 1.0                         # tighter than the ELBO (up to noise)
+
+
+def test_diagnose_command_prints_and_writes(tiny_run):
+    out = subprocess.run([VAERUN, "diagnose", str(tiny_run)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "posterior_collapse" in out.stdout and "optimization" in out.stdout
+    assert json.loads((tiny_run / "diagnosis.json").read_text())["verdicts"]
+    assert (tiny_run / "diagnosis.md").read_text().startswith("# Diagnosis")
+    bad = subprocess.run([VAERUN, "diagnose", str(tiny_run / "nope")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a vaerun run folder" in bad.stderr and "Traceback" not in bad.stderr

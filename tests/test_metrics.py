@@ -1,0 +1,96 @@
+"""Diagnostic metrics against exact values: a linear-Gaussian VAE (probabilistic PCA) has an exact
+log p(x), so the ELBO must stay below it and the importance-weighted estimate must approach it."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import MultivariateNormal
+
+from vaerun.likelihoods import build_likelihood
+from vaerun.metrics import (active_units, aggregate_posterior_gap, bits_per_dim, iw_log_likelihood,
+                            mutual_information)
+from vaerun.models import build_vae
+from vaerun.objectives import elbo_terms, gaussian_kl
+
+
+def ppca_vae(seed: int = 0, d_x: int = 6, d_z: int = 2, sigma: float = 0.5):
+    """A linear-Gaussian VAE: p(z) = N(0, I), p(x|z) = N(Wz + b, σ²I); its encoder set to the
+    exact posterior's mean and 3 x the diagonal of its covariance, so the ELBO has a clear gap."""
+    torch.manual_seed(seed)
+    lik = build_likelihood("gaussian", 1, sigma=sigma)
+    vae = build_vae("mlp", (1, 1, d_x), lik, latent_dim=d_z, hidden=[], channels=[1], kernel=2)
+    W, b = vae.decoder.net[0].weight.detach().double(), vae.decoder.net[0].bias.detach().double()  # (d_x, d_z)
+    M = W.T @ W + sigma ** 2 * torch.eye(d_z, dtype=torch.float64)
+    A = torch.linalg.solve(M, W.T)                                  # posterior mean = A (x − b)
+    cov = sigma ** 2 * torch.linalg.inv(M)
+    with torch.no_grad():
+        head = vae.encoder.head                                     # Linear(d_x, 2 d_z)
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[:d_z] = A.float()
+        head.bias[:d_z] = (-A @ b).float()
+        head.bias[d_z:] = (3 * cov.diagonal()).log().float()       # too wide on purpose: a real gap
+    exact = MultivariateNormal(b, covariance_matrix=W @ W.T + sigma ** 2 * torch.eye(d_x, dtype=torch.float64))
+    return vae, exact
+
+
+def test_ppca_elbo_bounds_and_iw_converges():
+    vae, exact = ppca_vae()
+    x = exact.sample((64,)).float().view(64, 1, 1, -1)
+    log_px = exact.log_prob(x.view(64, -1).double())                   # (64,) exact
+    # the ELBO in closed form: E_q log N(x; Wz + b, σ²I) − KL(q || p)
+    W, b = vae.decoder.net[0].weight.detach().double(), vae.decoder.net[0].bias.detach().double()
+    sigma = 0.5
+    with torch.no_grad():
+        m, logvar = (t.double() for t in vae.encode(x))
+    xf = x.view(64, -1).double()
+    sq = (xf - m @ W.T - b).square().sum(1) + (logvar.exp() * W.square().sum(0)).sum(1)
+    expected_loglik = -0.5 * xf.shape[1] * math.log(2 * math.pi * sigma ** 2) - sq / (2 * sigma ** 2)
+    elbo = expected_loglik - gaussian_kl(m, logvar).sum(1)
+    assert torch.all(elbo <= log_px + 1e-9)
+    torch.manual_seed(1)
+    mc = torch.stack([elbo_terms(vae, x).elbo.double() for _ in range(2000)]).mean(0)
+    assert torch.allclose(mc, elbo, atol=0.15)                        # vaerun's ELBO estimates the same
+    gaps = {}
+    with torch.no_grad():
+        for k in (1, 10, 100, 5000):
+            gaps[k] = (log_px - iw_log_likelihood(vae, x, k)).mean().item()
+    assert gaps[1] > gaps[10] > gaps[100] > gaps[5000] - 1e-3        # tighter with more samples
+    assert abs(gaps[5000]) < 0.01                                     # within 0.01 nats of exact
+    assert gaps[1] > 0.2                                              # the wide posterior is far from exact
+
+
+def test_iw_chunking_does_not_change_the_estimate():
+    vae, exact = ppca_vae(seed=3)
+    x = exact.sample((8,)).float().view(8, 1, 1, -1)
+    torch.manual_seed(0)
+    a = iw_log_likelihood(vae, x, 100, chunk=100)
+    torch.manual_seed(0)
+    b = iw_log_likelihood(vae, x, 100, chunk=7)
+    assert a.shape == (8,)
+    assert torch.allclose(a, b, atol=0.3)  # different random draws, same target
+
+
+def test_active_units_counts_dims_whose_mean_varies():
+    mu = torch.zeros(1000, 3)
+    mu[:, 0] = torch.randn(1000)            # varies: active
+    mu[:, 1] = 0.05 * torch.randn(1000)     # variance 0.0025: inactive
+    n, var = active_units(mu, 0.01)
+    assert n == 1 and var[0] == pytest.approx(1.0, abs=0.15) and var[2] == 0.0
+
+
+def test_mutual_information_is_zero_for_the_prior_and_large_for_sharp_posteriors():
+    torch.manual_seed(0)
+    prior_like = mutual_information(torch.zeros(500, 2), torch.zeros(500, 2))
+    sharp = mutual_information(torch.randn(500, 2) * 3, torch.full((500, 2), -8.0))
+    assert prior_like < 0.05
+    assert sharp > math.log(500) - 0.5 and sharp <= math.log(500) + 1e-6  # capped by log N
+
+
+def test_bits_per_dim_and_the_aggregate_gap():
+    assert bits_per_dim(784 * math.log(2), 784) == pytest.approx(1.0)
+    assert bits_per_dim(0.0, 10, continuous=True) == pytest.approx(8.0)   # log2(256)
+    assert aggregate_posterior_gap(torch.randn(20000, 2) * 0.6, torch.full((20000, 2), math.log(0.64))) < 0.01
+    assert aggregate_posterior_gap(torch.randn(5000, 2) * 3, torch.zeros(5000, 2)) > 1.0

@@ -1,0 +1,107 @@
+"""Python API: continue from any run folder in a notebook, no Hydra needed.
+
+    >>> import vaerun
+    >>> run = vaerun.load_run("outputs/2026-11-27/00-15-03-091695")
+    >>> run.summary["final_val"]["elbo"]
+    >>> vae = run.model()                      # the VAE from checkpoints/best.pt, in eval mode
+    >>> x = run.data().val.images[:8]          # uint8 (8, C, H, W)
+    >>> mu, logvar = run.encode(x)             # scaled/binarized like in training
+    >>> images = run.sample(16)                # (16, C, H, W) in [0, 1]
+"""
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import Optional
+
+import torch
+
+from vaerun.runs import RunFolder
+
+
+class Run:
+    """One run folder: its config, summary and metrics, and its model rebuilt from a checkpoint."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu"):
+        self.folder = RunFolder(path)
+        if not self.folder.config_file.exists():
+            from vaerun.errors import VaerunError
+
+            raise VaerunError(f"{path} is not a vaerun run folder (no config.yaml).\n"
+                              f"  fix: pass a folder written by vaerun train, e.g. outputs/<date>/<time>")
+        self.path, self.device = self.folder.path, torch.device(device)
+        self._models: dict[str, torch.nn.Module] = {}
+        self._data = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, status={self.summary.get('status')!r})"
+
+    @cached_property
+    def config(self) -> dict:
+        """The resolved config as plain containers (config.yaml)."""
+        return self.folder.read_config()
+
+    @cached_property
+    def cfg(self):
+        """The config as vaerun's typed dataclasses."""
+        from omegaconf import OmegaConf
+
+        from vaerun.config import TrainConfig
+
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), self.config))
+
+    @property
+    def summary(self) -> dict:
+        return self.folder.read_summary()
+
+    @property
+    def metrics(self) -> list[dict]:
+        """Every record of metrics.jsonl, in order."""
+        return self.folder.read_metrics()
+
+    def data(self):
+        """The run's dataset (same seed, same splits), on the run's device."""
+        if self._data is None:
+            from vaerun.train import build_data
+
+            self._data = build_data(self.cfg, warn=False).to(self.device)
+        return self._data
+
+    def model(self, checkpoint: str = "best") -> torch.nn.Module:
+        """The VAE rebuilt from ``checkpoints/<checkpoint>.pt`` (best or last), in eval mode."""
+        if checkpoint not in self._models:
+            from vaerun.train import build_model
+
+            state = self.folder.load_checkpoint(checkpoint, map_location=self.device)
+            shape = tuple(self.summary.get("data_shape") or self.data().shape)
+            vae = build_model(self.cfg, shape)
+            vae.load_state_dict(state["model"])
+            self._models[checkpoint] = vae.to(self.device).eval()
+        return self._models[checkpoint]
+
+    def prepare(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """uint8 images -> model input, as in training (scaling, dynamic binarization)."""
+        if images.dtype != torch.uint8:
+            return images.to(self.device)
+        return self.data().prepare(images.to(self.device), generator)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, checkpoint: str = "best") -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, log σ²) of q(z|x), each (B, D); uint8 images are prepared as in training."""
+        return self.model(checkpoint).encode(self.prepare(images))
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, checkpoint: str = "best") -> torch.Tensor:
+        """Images (likelihood means) for latent codes z (B, D)."""
+        return self.model(checkpoint).generate(z.to(self.device))
+
+    @torch.no_grad()
+    def sample(self, n: int = 64, checkpoint: str = "best", seed: Optional[int] = None) -> torch.Tensor:
+        """n prior samples (n, C, H, W) in the likelihood's mean space."""
+        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        return self.model(checkpoint).sample(n, generator=gen)
+
+
+def load_run(path: str | os.PathLike, device: str = "cpu") -> Run:
+    """Opens a run folder (see :class:`Run`)."""
+    return Run(path, device)

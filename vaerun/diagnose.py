@@ -1,0 +1,198 @@
+"""`vaerun diagnose`: a verdict for each failure the source document describes, with its evidence
+in numbers, a one-line explanation and next steps as ready-to-paste overrides.
+
+Reads the run folder's metrics (through runs.py) and, for the tests that need it, the model.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Optional
+
+import torch
+
+from vaerun.data import Data
+from vaerun.models.vae import VAE
+
+ORDER = {"ok": 0, "warning": 1, "problem": 2}
+
+
+def verdict(name: str, status: str, text: str, evidence: dict, why: str, steps: list[str] = ()) -> dict:
+    return {"name": name, "status": status, "verdict": text, "evidence": evidence, "explanation": why,
+            "next_steps": list(steps)}
+
+
+@torch.no_grad()
+def z_dependence(model: VAE, data: Data, n: int = 500, seed: int = 0) -> dict:
+    """Does the decoder use z? Mean recon (nats) of validation images with z from q(z|x), with z
+    shuffled across the batch, and with z from the prior. If shuffling barely hurts, z is ignored."""
+    gen = torch.Generator(device=data.train.images.device).manual_seed(seed + 271828)
+    x = data.prepare(data.val.images[:n], gen)
+    model.eval()
+    mu, logvar = model.encode(x)
+    z = model.reparameterize(mu, logvar)
+    perm = torch.randperm(x.shape[0], generator=gen, device=x.device)
+
+    def recon(zz):
+        return -model.likelihood.log_prob(model.decode(zz, x), x).mean().item()
+
+    out = {"recon_posterior": recon(z), "recon_shuffled": recon(z[perm]), "recon_prior": recon(torch.randn_like(z))}
+    out["shuffle_penalty"] = out["recon_shuffled"] - out["recon_posterior"]
+    return out
+
+
+def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: int) -> dict:
+    kl = val["kl_per_dim"]
+    dead = [d for d, k in enumerate(kl) if k < thr]
+    ev = {"kl_total": round(val["kl"], 4), "kl_per_dim": [round(k, 4) for k in kl], "collapsed_dims": dead,
+          "active_units": val.get("active_units")}
+    ignores = False
+    if zdep:
+        ev.update({k: round(v, 3) for k, v in zdep.items()})
+        ignores = zdep["shuffle_penalty"] < max(1.0, 0.01 * abs(zdep["recon_posterior"]))
+    steps = [f"schedule=linear schedule.warmup_steps={max(1000, total // 5)}", "free_bits=0.25"]
+    if beta > 1:
+        steps.insert(0, "beta=1")
+    if len(dead) == len(kl) or (val.get("active_units") == 0):
+        return verdict("posterior_collapse", "problem", "full collapse: no latent dimension carries information", ev,
+                       "q(z|x) equals the prior for every x, so z tells the decoder nothing"
+                       + (" (and the decoder ignores z: shuffling it costs nothing)" if ignores else ""),
+                       steps + ["a weaker decoder, e.g. model.hidden=[256]"])
+    if dead:
+        return verdict("posterior_collapse", "warning", f"partial collapse: dims {dead} carry < {thr} nats", ev,
+                       "unused dimensions are harmless when the rest suffice, but they mean the code is smaller "
+                       "than model.latent_dim", steps)
+    if ignores:
+        return verdict("posterior_collapse", "warning", "KL is spread over dims, yet the decoder barely uses z", ev,
+                       "reconstructions hardly change when z is shuffled: the decoder models x on its own", steps)
+    return verdict("posterior_collapse", "ok", f"none: all {len(kl)} dims carry information", ev,
+                   "every latent dimension has KL above the threshold and the decoder depends on z")
+
+
+def _lagging(val: dict) -> dict:
+    ev = {"kl": round(val["kl"], 4), "mi": round(val.get("mi", float("nan")), 4)}
+    if val["kl"] > 0.5 and val.get("mi", 1.0) < 0.1:
+        return verdict("lagging_encoder", "problem", "lagging encoder: KL without mutual information", ev,
+                       "posteriors differ from the prior but not between inputs (He et al. 2019)",
+                       ["optimizer.lr=3e-4", "schedule=linear schedule.warmup_steps=2000"])
+    return verdict("lagging_encoder", "ok", "no sign: mutual information follows KL", ev,
+                   "I(x; z) is not near zero while KL is positive")
+
+
+def _early_vanishing(vals: list[dict], thr: float, early: int) -> dict:
+    first = [v for v in vals if v["step"] <= early]
+    hit = next((v for v in first if sum(k < thr for k in v["kl_per_dim"]) * 2 >= len(v["kl_per_dim"])), None)
+    if hit is None:
+        return verdict("early_kl_vanishing", "ok", "no: KL did not vanish early", {"early_steps": early},
+                       "in the first evaluations most dimensions kept KL above the threshold")
+    d = len(hit["kl_per_dim"])
+    low = sum(k < thr for k in hit["kl_per_dim"])
+    final_low = sum(k < thr for k in vals[-1]["kl_per_dim"])
+    ev = {"step": hit["step"], "collapsed_then": f"{low}/{d}", "collapsed_at_end": f"{final_low}/{d}"}
+    recovered = final_low < low
+    return verdict("early_kl_vanishing", "warning" if recovered else "problem",
+                   f"KL vanished early (step {hit['step']}: {low}/{d} dims)" + (", partly recovered" if recovered else ""),
+                   ev, "the KL pressure won before encoder and decoder learned to communicate",
+                   [f"schedule=linear schedule.warmup_steps={max(1000, 4 * hit['step'])}", "free_bits=0.1"])
+
+
+def _imbalance(val: dict, beta: float, thr: float) -> dict:
+    agg, kl = val.get("aggregate_kl", 0.0), val["kl"]
+    dead = sum(k < thr for k in val["kl_per_dim"])
+    ev = {"beta": beta, "aggregate_kl": round(agg, 4), "kl": round(kl, 4), "collapsed_dims": dead}
+    if beta > 1 and dead * 2 >= len(val["kl_per_dim"]):
+        return verdict("imbalance", "problem", f"KL dominates: β={beta:g} switched off {dead} dims", ev,
+                       "the KL weight outweighs what reconstruction gains from using z", [f"beta={max(beta / 4, 1):g}"])
+    if agg > max(2.0, 0.5 * len(val["kl_per_dim"]), 0.25 * kl):  # ~0.3 nats/dim is usual at β = 1
+        return verdict("imbalance", "warning", "reconstruction dominates: the aggregate posterior misses the prior",
+                       ev, f"q(z) averaged over data is {agg:.2f} nats from N(0, I): prior samples land where the "
+                       "decoder saw no data, so samples look worse than reconstructions",
+                       [f"beta={beta * 2:g}", "schedule=constant"])
+    return verdict("imbalance", "ok", "balanced: the aggregate posterior matches the prior", ev,
+                   f"q(z) is {agg:.2f} nats from N(0, I) (moment-matched)")
+
+
+def _spikes(values: list[float], factor: float) -> int:
+    """Points above ``factor`` x the median of the previous 10 (after the first 10)."""
+    return sum(1 for i in range(10, len(values))
+               if math.isfinite(values[i]) and values[i] > factor * statistics.median(values[i - 10:i]) > 0)
+
+
+def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: float) -> dict:
+    loss = [r["loss"] for r in train if isinstance(r.get("loss"), (int, float))]
+    gn = [r["grad_norm"] for r in train if isinstance(r.get("grad_norm"), (int, float))]
+    elbos = [v["elbo"] for v in vals]
+    best = max(elbos) if elbos else float("nan")
+    ev = {"non_finite_steps": len(events), "loss_spikes": _spikes(loss, 1.5), "grad_spikes": _spikes(gn, 10.0),
+          "lr": lr, "final_elbo": round(elbos[-1], 3) if elbos else None, "best_elbo": round(best, 3)}
+    late = elbos[-max(2, len(elbos) // 4):]
+    ev["late_gain_nats"] = round(late[-1] - late[0], 3) if len(late) > 1 else 0.0
+    issues = []
+    if events:
+        issues.append(f"{len(events)} non-finite steps")
+    if ev["loss_spikes"] + ev["grad_spikes"] > 2:
+        issues.append(f"{ev['loss_spikes']} loss and {ev['grad_spikes']} gradient spikes")
+    if elbos and best - elbos[-1] > 0.02 * abs(best):
+        issues.append(f"final ELBO {elbos[-1]:.2f} fell from the best {best:.2f}")
+    if issues:
+        return verdict("optimization", "problem", "optimization trouble: " + "; ".join(issues), ev,
+                       "signs of a learning rate too high for this model", [f"optimizer.lr={lr / 3:.2g}",
+                                                                           "optimizer.grad_clip=1.0"])
+    if elbos and len(late) > 1 and ev["late_gain_nats"] > 0.01 * abs(best):
+        return verdict("optimization", "ok", "stable, and still improving at the end", ev,
+                       "the ELBO rose by more than 1% over the last quarter: the run stopped early, or the "
+                       "learning rate is low", ["epochs=<more>", f"optimizer.lr={min(lr * 3, 3e-3):.2g}"])
+    return verdict("optimization", "ok", "stable: no non-finite steps, spikes or late decline", ev,
+                   "loss and gradient norms stayed in range and the ELBO settled")
+
+
+def _likelihood(audit: Optional[dict], cfg_lik: dict) -> dict:
+    notes = (audit or {}).get("notes", [])
+    ev = {"likelihood": cfg_lik.get("name"), "binary_data": (audit or {}).get("binary"),
+          "sigma": cfg_lik.get("sigma") if cfg_lik.get("name") == "gaussian" else None}
+    bern = [n for n in notes if n.startswith("Bernoulli")]
+    wide = [n for n in notes if "wide" in n]
+    if bern:
+        return verdict("likelihood", "problem", "Bernoulli likelihood on grey-level data", ev,
+                       "the recon term is a cross-entropy, not a log-likelihood: its nats are not comparable",
+                       ["dataset.binarize=dynamic", "likelihood=gaussian likelihood.learn_sigma=global"])
+    if wide:
+        return verdict("likelihood", "warning", "blur: a wide fixed-σ Gaussian", ev, wide[0].split(":")[0],
+                       ["likelihood.learn_sigma=global", f"likelihood.sigma={(cfg_lik.get('sigma') or 0.1) / 3:.2g}"])
+    return verdict("likelihood", "ok", "the likelihood suits the data", ev,
+                   "binary data with Bernoulli, or a Gaussian whose σ is not wide against the data")
+
+
+def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> dict:
+    """Verdicts from a run's metrics records and resolved config (plus the z test, when given)."""
+    vals = [r for r in records if r.get("split") == "val"]
+    train = [r for r in records if r.get("split") == "train"]
+    events = [r for r in records if r.get("split") == "event"]
+    audit = next((r for r in records if r.get("split") == "audit"), None)
+    if not vals:
+        return {"overall": "unknown", "headline": "no validation record yet: nothing to diagnose", "verdicts": []}
+    dg = config.get("diagnostics", {})
+    thr = dg.get("collapse_threshold", 0.01)
+    total = max(r["step"] for r in vals)
+    early = int(dg.get("early_fraction", 0.2) * total)
+    beta, lr = config.get("beta", 1.0), config.get("optimizer", {}).get("lr", 1e-3)
+    out = [_collapse(vals[-1], zdep, thr, beta, total), _lagging(vals[-1]), _early_vanishing(vals, thr, early),
+           _imbalance(vals[-1], beta, thr), _optimization(train, vals, events, lr),
+           _likelihood(audit, config.get("likelihood", {}))]
+    worst = max(out, key=lambda v: ORDER[v["status"]])
+    headline = "healthy: no problem found" if worst["status"] == "ok" else worst["verdict"]
+    return {"overall": worst["status"], "headline": headline, "step": vals[-1]["step"], "verdicts": out}
+
+
+def to_markdown(report: dict, run_path: str) -> str:
+    lines = [f"# Diagnosis of `{run_path}`", "", f"**Overall: {report['overall']}** — {report['headline']}", "",
+             "| check | status | verdict | evidence |", "| --- | --- | --- | --- |"]
+    for v in report["verdicts"]:
+        ev = ", ".join(f"{k}={v2}" for k, v2 in v["evidence"].items() if k != "kl_per_dim")
+        lines.append(f"| {v['name']} | {v['status']} | {v['verdict']} | {ev} |")
+    lines.append("")
+    for v in report["verdicts"]:
+        if v["status"] != "ok":
+            lines += [f"## {v['name']}: {v['verdict']}", "", v["explanation"] + ".", "", "Try:", ""]
+            lines += [f"    vaerun train {s}" for s in v["next_steps"]] + [""]
+    return "\n".join(lines)

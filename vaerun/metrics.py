@@ -1,0 +1,91 @@
+"""Diagnostic metrics: tensors in, floats out. All in nats unless the name says bits.
+
+- active units (Burda et al. 2015, §5.2): A_d = Cov_x(E_q[z_d | x]); a dimension is active when
+  A_d exceeds a threshold (0.01).
+- mutual information I(x; z) under q (Hoffman & Johnson 2016; the estimator of He et al. 2019,
+  `calc_mi`): E_x E_q(z|x)[log q(z|x) − log q(z)], with q(z) the aggregate posterior over a set of
+  examples. It cannot exceed log N for N examples.
+- importance-weighted bound (Burda et al. 2015, eq. 8): log p(x) ≥ log (1/K) Σ_k p(x, z_k) / q(z_k|x),
+  z_k ~ q(z|x); it tightens as K grows, and K = 1 is the ELBO.
+- bits per dimension: a negative log-likelihood in nats divided by (number of data dims × ln 2).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vaerun.models.vae import VAE
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def active_units(mu: torch.Tensor, threshold: float = 0.01) -> tuple[int, list[float]]:
+    """mu (N, D) posterior means over a dataset -> (number of active dims, per-dim variance)."""
+    var = mu.double().var(dim=0, unbiased=True)  # (D,)
+    return int((var > threshold).sum()), var.tolist()
+
+
+def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; μ, diag σ²) summed over the last dim; broadcasts."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu).square() * torch.exp(-logvar)).sum(-1)
+
+
+def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, chunk: int = 256) -> float:
+    """I(x; z) under q from posteriors (N, D) of N examples: one z per example, log q(z) by the
+    aggregate of all N posteriors (log-mean-exp). O(N² D), done in chunks of ``chunk`` rows."""
+    n, d = mu.shape
+    mu, logvar = mu.double(), logvar.double()
+    neg_entropy = (-0.5 * d * LOG_2PI - 0.5 * (1 + logvar).sum(-1)).mean()  # E_x E_q log q(z|x)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)                  # (N, D)
+    log_qz = []
+    for start in range(0, n, chunk):
+        zc = z[start:start + chunk, None, :]                                 # (c, 1, D)
+        log_q = _log_normal(zc, mu[None], logvar[None])                      # (c, N)
+        log_qz.append(torch.logsumexp(log_q, dim=1) - math.log(n))
+    return max(0.0, float(neg_entropy - torch.cat(log_qz).mean()))  # the estimate can dip below 0
+
+
+def log_weights(model: VAE, x: torch.Tensor, k: int, chunk: int = 64) -> torch.Tensor:
+    """log p(x, z_k) − log q(z_k | x) for k samples per example: (B, K) nats. Decodes in chunks of
+    ``chunk`` samples (B·chunk decoder rows at a time) to bound memory."""
+    mu, logvar = model.encode(x)                                             # (B, D)
+    b = x.shape[0]
+    out = []
+    for start in range(0, k, chunk):
+        kc = min(chunk, k - start)
+        eps = torch.randn(kc, b, mu.shape[1], device=x.device, dtype=mu.dtype)
+        z = mu + torch.exp(0.5 * logvar) * eps                               # (kc, B, D)
+        log_q = _log_normal(z, mu, logvar)                                    # (kc, B)
+        log_pz = -0.5 * (LOG_2PI + z.square()).sum(-1)                       # (kc, B)
+        xr = x.expand(kc, *x.shape).reshape(kc * b, *x.shape[1:])            # (kc·B, C, H, W)
+        params = model.decode(z.reshape(kc * b, -1), xr)
+        log_px = model.likelihood.log_prob(params, xr).view(kc, b)          # (kc, B)
+        out.append((log_px + log_pz - log_q).T)                              # (B, kc)
+    return torch.cat(out, dim=1)
+
+
+def iw_log_likelihood(model: VAE, x: torch.Tensor, k: int, chunk: int = 64) -> torch.Tensor:
+    """The K-sample importance-weighted estimate of log p(x): (B,) nats (a lower bound in
+    expectation; −log p(x) estimates are its negation)."""
+    lw = log_weights(model, x, k, chunk)
+    return torch.logsumexp(lw.double(), dim=1) - math.log(k)
+
+
+def bits_per_dim(nll_nats: float, num_dims: int, continuous: bool = False) -> float:
+    """nats per example -> bits per dimension. ``continuous``: the likelihood is a density on
+    [0, 1] data made from 8-bit values, so D·log 256 converts it to a mass on the 256 levels
+    (exact for uniformly dequantized data; otherwise an approximation)."""
+    if continuous:
+        nll_nats = nll_nats + num_dims * math.log(256)
+    return nll_nats / (num_dims * math.log(2))
+
+
+def aggregate_posterior_gap(mu: torch.Tensor, logvar: torch.Tensor) -> float:
+    """KL(N(m, diag s²) || N(0, I)) for the moment-matched aggregate posterior q(z) = E_x q(z|x):
+    m = mean of μ, s² = Var(μ) + E[σ²]. Large values mean prior samples land where the encoder
+    never puts data ("holes"), so prior samples look poor."""
+    mu, var = mu.double(), logvar.double().exp()
+    m = mu.mean(0)
+    s2 = mu.var(0, unbiased=False) + var.mean(0)
+    return float(0.5 * (s2 + m.square() - 1 - s2.log()).sum())
