@@ -21,7 +21,8 @@ TINY = ["dataset.num_examples=240", "dataset.val_size=40", "dataset.test_size=40
         "num_samples=4", "model.hidden=[32]", "model.channels=[8,8]", "model.latent_dim=4", "progress=log"]
 
 TRAIN_KEYS = {"step", "epoch", "split", "loss", "recon", "kl", "elbo", "beta", "kl_per_dim", "lr", "grad_norm", "time"}
-VAL_KEYS = {"step", "epoch", "split", "loss", "recon", "kl", "elbo", "beta", "kl_per_dim", "time"}
+VAL_KEYS = {"step", "epoch", "split", "loss", "recon", "kl", "elbo", "beta", "kl_per_dim", "time", "active_units",
+            "au_variance", "mi", "aggregate_kl", "bpd", "nll_iw", "bpd_iw", "grad_norm_recon_enc", "grad_norm_kl_enc"}
 
 
 def have_mnist() -> bool:
@@ -79,14 +80,15 @@ def assert_run_contract(run_dir: Path, *, hydra: bool = False) -> dict:
     assert run.config_file.exists()
     summary = json.loads(run.summary_file.read_text())
     assert summary["status"] == "completed", summary
-    for key in ("final_val", "best_val", "steps", "wall_time_s", "python", "torch"):
+    for key in ("final_val", "best_val", "steps", "wall_time_s", "python", "torch", "diagnosis"):
         assert key in summary, key
     records = run.read_metrics()
     train, val = [r for r in records if r["split"] == "train"], [r for r in records if r["split"] == "val"]
     assert train and val
     assert all(TRAIN_KEYS <= r.keys() for r in train)
     assert all(VAL_KEYS <= r.keys() for r in val)
-    for r in records:
+    assert [r["split"] for r in records if r["split"] not in ("train", "val")] == ["audit"]
+    for r in train + val:
         for k in ("loss", "recon", "kl", "elbo"):
             assert np.isfinite(r[k]), (k, r)
         assert abs(r["elbo"] + r["recon"] + r["kl"]) < 1e-6 * max(1.0, abs(r["elbo"]))
@@ -97,6 +99,7 @@ def assert_run_contract(run_dir: Path, *, hydra: bool = False) -> dict:
         assert isinstance(state["config"], dict)
     assert run.grids("samples") and run.grids("recon")
     assert run.curves_file.exists()
+    assert run.read_report("diagnosis.json")["verdicts"] and (run_dir / "diagnosis.md").exists()
     if hydra:
         assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "train.log").exists()
     return summary
