@@ -25,12 +25,22 @@ def _train_task(cfg: DictConfig) -> float:
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    launcher = hc.runtime.choices.get("hydra/launcher")
     run = RunFolder(cfg.resume or hc.runtime.output_dir)
+    # A sweep job whose folder already holds a checkpoint was requeued (SLURM preemption or time
+    # limit, or the sweep was started again): it continues from there.
+    requeued = multirun and not cfg.resume and run.checkpoint_file("last").exists() and run.config_file.exists() \
+        and run.read_summary().get("status") != "completed"
+    if requeued:
+        log.info("%s holds a checkpoint from an earlier attempt of this job: resuming it", run.path)
+    if launcher not in (None, "basic"):
+        _share_cores(hc)
     try:
-        typed, resolved = _resumed_config(cfg, run) if cfg.resume else (
+        resume = bool(cfg.resume) or requeued
+        typed, resolved = _resumed_config(cfg, run) if resume else (
             OmegaConf.to_object(cfg), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-        bar = use_bar(typed.progress.value, hc.runtime.choices.get("hydra/launcher"))
-        summary = train(typed, run, resolved, bar=bar and not multirun, resume=bool(cfg.resume))
+        bar = use_bar(typed.progress.value, launcher)
+        summary = train(typed, run, resolved, bar=bar and not multirun, resume=resume)
     except VaerunError as err:
         log.error("%s", err)
         if multirun:
@@ -44,6 +54,20 @@ def _train_task(cfg: DictConfig) -> float:
         log.error("interrupted: %s is marked 'interrupted'. Continue with: vaerun train resume=%s", run.path, run.path)
         sys.exit(130)
     return -summary["final_val"]["elbo"]
+
+
+def _share_cores(hc) -> None:
+    """Parallel local jobs (joblib) split the CPU cores instead of oversubscribing them."""
+    import os
+
+    import torch
+
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    n_jobs = int(hc.launcher.get("n_jobs", 1) or 1) if "n_jobs" in hc.launcher else 1
+    cores = os.cpu_count() or 1
+    n_jobs = cores if n_jobs < 1 else n_jobs
+    torch.set_num_threads(max(1, cores // n_jobs))
 
 
 def _resumed_config(cfg: DictConfig, run):

@@ -8,6 +8,7 @@ COMMANDS = {
     "train": "train a VAE: vaerun train [group=option ...] [key=value ...]; -m to sweep; resume=RUN",
     "eval": "evaluate a run on a whole split with the importance-weighted NLL: vaerun eval RUN [--iw-samples K]",
     "diagnose": "verdicts with evidence and next steps: vaerun diagnose RUN",
+    "compare": "one report across run or sweep folders: vaerun compare PATH... [--sort KEY] [--format json|csv]",
 }
 
 USAGE = """usage: vaerun <command> [args]
@@ -40,14 +41,32 @@ def _train(args: list[str]) -> int:
             return 2
     from vaerun.app import train_main
 
-    if multirun:
-        args = [*args, sweep_dirname_override(args)]
+    extra = [sweep_dirname_override(args)] if multirun else []
     resume = _value(args, "resume")
     if resume and not multirun:  # continue in the run's own folder; keep its .hydra/ as it was
-        args = [*args, f"hydra.run.dir={resume}", "hydra.output_subdir=null"]
-    sys.argv = [sys.argv[0], *args]
+        extra += [f"hydra.run.dir={resume}", "hydra.output_subdir=null"]
+    sys.argv = [sys.argv[0], *_flags_then_overrides(args, extra)]
     train_main()
     return 0
+
+
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def _flags_then_overrides(args: list[str], extra: list[str]) -> list[str]:
+    """Hydra's argparse takes overrides in one run of positionals: flags (with their values)
+    first, then every override, ours included."""
+    flags, overrides, i = [], [], 0
+    while i < len(args):
+        if args[i].startswith("-"):
+            takes = args[i] in _FLAGS_WITH_VALUE or (args[i] == "--info" and i + 1 < len(args) and "=" not in args[i + 1])
+            flags += args[i:i + 1 + takes]
+            i += 1 + takes
+        else:
+            overrides.append(args[i])
+            i += 1
+    return [*flags, *overrides, *extra]
 
 
 def _value(args: list[str], key: str):
@@ -97,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "train":
         return _train(rest)
-    if command in ("eval", "diagnose"):
+    if command in ("eval", "diagnose", "compare"):
         from vaerun import commands
 
         return commands.guarded(getattr(commands, f"{command}_main"), rest)

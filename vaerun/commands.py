@@ -125,3 +125,53 @@ def guarded(main, argv: list[str]) -> int:
     except VaerunError as err:
         print(f"vaerun: {err}", file=sys.stderr)
         return 2
+
+
+def compare_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="vaerun compare", description="One report across run folders, sweep folders "
+                                "or any parent of them (searched recursively): a table (seeds aggregated as "
+                                "mean ± std), report.html and report.md with a rate–distortion plot, curves, KL "
+                                "per dimension, samples and config differences.")
+    p.add_argument("paths", nargs="+", help="run folders, sweep folders or parents")
+    p.add_argument("--sort", help="a column (elbo, recon, kl, active_units, mi, nll_iw, wall_time_s, beta or a "
+                   "differing config key); prefix with - for descending, e.g. --sort=-elbo")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="stdout format")
+    p.add_argument("--out", help="folder for report.html and report.md (default: the common parent)")
+    p.add_argument("--no-aggregate", action="store_true", help="one row per run even across seeds")
+    p.add_argument("--no-report", action="store_true", help="print only; write no report files")
+    a = p.parse_args(argv)
+    import csv
+    import json
+
+    from vaerun import report
+    from vaerun.errors import VaerunError
+
+    runs = report.load(a.paths)
+    if not runs:
+        raise VaerunError(f"no run folders (with a summary.json) under {', '.join(a.paths)}.\n"
+                          f"  fix: pass a run folder, a sweep folder or a parent such as outputs/")
+    table = report.sort_rows(report.rows(runs, not a.no_aggregate), a.sort)
+    keys = report.differing_keys(runs)
+    if a.format == "json":
+        print(json.dumps(table, indent=2, default=str))
+    elif a.format == "csv":
+        cols = sorted({k for r in table for k in r if k != "paths"})
+        w = csv.DictWriter(sys.stdout, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(table)
+    else:
+        from rich.table import Table
+
+        cols, cells = report.table_cells(table, keys)
+        t = Table(title=f"{len(runs)} runs · differing keys: {', '.join(keys) or 'none'}")
+        for c in cols:
+            t.add_column(c, justify="right" if c in report.METRICS or c in ("runs", "wall_time_s") else "left")
+        colors = {"completed": "green", "failed": "red", "interrupted": "yellow", "incomplete": "yellow"}
+        for row, c in zip(table, cells):
+            t.add_row(*c, style=None if row["status"] == "completed" else colors.get(row["status"].split("/")[0]))
+        _console().print(t)
+    if not a.no_report:
+        out = __import__("pathlib").Path(a.out) if a.out else report.common_parent(a.paths)
+        html_path, md_path = report.write_reports(runs, table, out)
+        print(f"wrote {html_path} and {md_path}", file=sys.stderr if a.format != "table" else sys.stdout)
+    return 0

@@ -1,0 +1,142 @@
+"""Sweeps and `vaerun compare`: a β multirun becomes one table and one report; failed runs show
+as failed; seeds aggregate; parallel (joblib) and SLURM launchers; requeued jobs resume."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import subprocess
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, VAERUN
+from vaerun import report
+from vaerun.runs import RunFolder
+
+
+def vaerun(*args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([VAERUN, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def beta_sweep(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sweep")
+    proc = vaerun("train", "-m", *TINY, "schedule=constant", "beta=0.5,1,2", f"out_dir={out}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return next((out / "multirun").glob("*/*"))
+
+
+class Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.cells, self.images = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+
+    def handle_data(self, data):
+        self.cells.append(data)
+
+
+def test_compare_a_beta_sweep(beta_sweep):
+    out = vaerun("compare", str(beta_sweep))
+    assert out.returncode == 0, out.stderr
+    assert "3 runs · differing keys: beta" in out.stdout
+    for beta in ("0.5", "1.0", "2.0"):
+        assert beta in out.stdout
+    page = (beta_sweep / "report.html").read_text()
+    parser = Collector()
+    parser.feed(page)
+    assert {"0.5", "1.0", "2.0"} <= set(parser.cells)                       # all 3 runs in the table
+    alts = [img["alt"] for img in parser.images]
+    assert "rate-distortion" in alts and alts.count("samples") == 3
+    assert all(img["src"].startswith("data:image/png;base64,") for img in parser.images)  # self-contained
+    md = (beta_sweep / "report.md").read_text()
+    assert "report_files/rate_distortion.png" in md and (beta_sweep / "report_files" / "rate_distortion.png").exists()
+
+
+def test_compare_json_round_trips_and_csv(beta_sweep):
+    out = vaerun("compare", str(beta_sweep), "--format", "json", "--sort=-elbo", "--no-report")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert len(rows) == 3 and json.loads(json.dumps(rows)) == rows
+    assert [r["elbo"] for r in rows] == sorted((r["elbo"] for r in rows), reverse=True)
+    assert {"beta", "status", "elbo", "recon", "kl", "active_units", "mi", "nll_iw", "wall_time_s"} <= rows[0].keys()
+    assert all(r["status"] == "completed" for r in rows)
+    out = vaerun("compare", str(beta_sweep.parent.parent), "--format", "csv", "--sort", "beta", "--no-report")
+    table = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert [float(r["beta"]) for r in table] == [0.5, 1.0, 2.0]
+
+
+def test_failed_and_incomplete_runs_show_as_such(beta_sweep, tmp_path):
+    import shutil
+
+    for i, status in enumerate(("failed", "running")):
+        dst = tmp_path / f"run{i}"
+        shutil.copytree(next(beta_sweep.glob("0_*")), dst)
+        summary = json.loads((dst / "summary.json").read_text())
+        summary.update(status=status, final_val=None, ended=None, error="boom" if status == "failed" else None)
+        (dst / "summary.json").write_text(json.dumps(summary))
+    shutil.copytree(next(beta_sweep.glob("1_*")), tmp_path / "ok")
+    (tmp_path / "run0" / "metrics.jsonl").write_text("")                       # no metrics at all
+    rows = json.loads(vaerun("compare", str(tmp_path), "--format", "json", "--no-aggregate").stdout)
+    by_status = {r["status"]: r for r in rows}
+    assert set(by_status) == {"failed", "incomplete", "completed"}
+    assert by_status["failed"]["elbo"] is None and by_status["failed"]["error"] == "boom"
+    assert by_status["incomplete"]["elbo"] is not None                        # from its last val record
+
+
+def test_seeds_aggregate_as_mean_and_std():
+    def run(beta, seed, elbo):
+        final = {"elbo": elbo, "recon": -elbo - 1, "kl": 1.0, "active_units": 3, "mi": 0.5, "kl_per_dim": [1.0]}
+        return {"path": f"/r/{beta}/{seed}", "config": {"beta": beta, "seed": seed}, "summary": {"wall_time_s": 2.0},
+                "records": [], "final": final, "status": "completed", "samples": []}
+
+    runs = [run(1.0, 0, -90.0), run(1.0, 1, -92.0), run(4.0, 0, -100.0), run(4.0, 1, -104.0)]
+    rows = report.rows(runs)
+    assert [(r["beta"], r["runs"]) for r in rows] == [(1.0, 2), (4.0, 2)]
+    assert rows[0]["elbo"] == -91.0 and rows[0]["elbo_std"] == pytest.approx(1.41421, rel=1e-4)
+    assert report.fmt(rows[1], "elbo") == "-102.000 ± 2.828"
+    assert len(report.rows(runs, aggregate_seeds=False)) == 4
+
+
+def test_joblib_sweep_runs_in_parallel_with_readable_output(tmp_path):
+    out = vaerun("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "beta=1,2",
+                 f"out_dir={tmp_path}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    statuses = [json.loads(p.read_text())["status"] for p in tmp_path.rglob("summary.json")]
+    assert statuses == ["completed", "completed"]
+    assert "━" not in out.stdout + out.stderr                                  # no progress bars
+
+
+def test_slurm_preset_composes():
+    out = vaerun("train", "hydra/launcher=slurm", "--cfg", "hydra")
+    assert out.returncode == 0, out.stderr
+    assert "SlurmLauncher" in out.stdout and "gpus_per_node: 1" in out.stdout and "max_num_timeout: 5" in out.stdout
+
+
+def test_a_requeued_sweep_job_resumes_from_its_checkpoint(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [VAERUN, "train", "-m", *TINY, "max_steps=400", "checkpoint_every=20", "beta=1",
+            f"hydra.sweep.dir={sweep}", f"out_dir={tmp_path}"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(sweep.rglob("last.pt")) or RunFolder(next(sweep.rglob("last.pt")).parents[1]).load_checkpoint()["step"] < 40:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)                                            # what SLURM sends before requeue
+    proc.wait(timeout=60)
+    job = next(sweep.rglob("summary.json")).parent
+    assert json.loads((job / "summary.json").read_text())["status"] == "interrupted"
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)   # the requeued job
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming it" in again.stdout
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 400 and len(summary["resumed"]) == 1
+    steps = [r["step"] for r in RunFolder(job).read_metrics("train")]
+    assert steps == sorted(set(steps))

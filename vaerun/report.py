@@ -1,0 +1,247 @@
+"""`vaerun compare`: one report across run folders (read through runs.py).
+
+Rows are runs, or configurations with their seeds aggregated (mean ± std). Columns: the config keys
+that differ between runs, then status, validation metrics and wall time. Failed, interrupted and
+incomplete runs show as such (with their last validation record, if any) and never break the report.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Optional
+
+from vaerun.runs import RunFolder, find_runs
+
+METRICS = ("elbo", "recon", "kl", "active_units", "mi", "nll_iw")
+IGNORED_KEYS = {"out_dir", "resume", "progress", "device", "tensorboard"}
+HIGHER_IS_BETTER = {"elbo", "active_units", "mi"}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def load(paths: list[str]) -> list[dict]:
+    """One record per run: path, flat config, summary, metrics and the last validation record."""
+    runs = []
+    for folder in find_runs(paths):
+        summary, records = folder.read_summary(), folder.read_metrics()
+        try:
+            config = _flatten(folder.read_config())
+        except Exception:  # a folder whose config is missing or unreadable still shows up
+            config = {}
+        vals = [r for r in records if r.get("split") == "val"]
+        final = summary.get("final_val") or (vals[-1] if vals else None)
+        status = summary.get("status", "unknown")
+        if status == "running" and summary.get("ended") is None:
+            status = "incomplete"  # killed, or still training
+        runs.append({"path": str(folder.path), "config": config, "summary": summary, "records": records,
+                     "final": final, "status": status, "samples": [str(p) for p in folder.grids("samples")[-1:]]})
+    return runs
+
+
+def differing_keys(runs: list[dict]) -> list[str]:
+    keys = sorted({k for r in runs for k in r["config"]} - IGNORED_KEYS)
+    return [k for k in keys if len({repr(r["config"].get(k)) for r in runs}) > 1]
+
+
+def _label(run: dict, keys: list[str]) -> str:
+    return ", ".join(f"{k}={run['config'].get(k)}" for k in keys) or Path(run["path"]).name
+
+
+def rows(runs: list[dict], aggregate_seeds: bool = True) -> list[dict]:
+    """Table rows. With several seeds of one configuration, numbers are mean ± std over them."""
+    keys = differing_keys(runs)
+    group_keys = [k for k in keys if k != "seed"] if aggregate_seeds and "seed" in keys else keys
+    groups: dict[str, list[dict]] = {}
+    for r in runs:  # without aggregation every run is its own row, even with identical configs
+        label = _label(r, group_keys)
+        groups.setdefault(label if aggregate_seeds else f"{label} ({r['path']})", []).append(r)
+    out = []
+    for label, members in groups.items():
+        row = {"label": label, **{k: members[0]["config"].get(k) for k in group_keys}, "runs": len(members),
+               "paths": [m["path"] for m in members]}
+        statuses = sorted({m["status"] for m in members})
+        row["status"] = statuses[0] if len(statuses) == 1 else "/".join(statuses)
+        for m in METRICS:
+            vals = [float(x["final"][m]) for x in members if x["final"] and isinstance(x["final"].get(m), (int, float))]
+            row[m] = statistics.fmean(vals) if vals else None
+            if len(vals) > 1:
+                row[f"{m}_std"] = statistics.stdev(vals)
+        walls = [x["summary"].get("wall_time_s") for x in members if x["summary"].get("wall_time_s") is not None]
+        row["wall_time_s"] = statistics.fmean(walls) if walls else None
+        row["beta"] = members[0]["config"].get("beta")
+        row["error"] = next((x["summary"].get("error") for x in members if x["summary"].get("error")), None)
+        out.append(row)
+    return out
+
+
+def sort_rows(table: list[dict], key: Optional[str]) -> list[dict]:
+    """``key`` or ``-key`` (descending); missing values last."""
+    if not key:
+        return table
+    desc, key = key.startswith("-"), key.lstrip("-")
+    present = [r for r in table if r.get(key) is not None]
+    missing = [r for r in table if r.get(key) is None]
+    try:
+        present.sort(key=lambda r: r[key], reverse=desc)
+    except TypeError:
+        present.sort(key=lambda r: str(r[key]), reverse=desc)
+    return present + missing
+
+
+def fmt(row: dict, m: str) -> str:
+    v = row.get(m)
+    if v is None:
+        return "—"
+    if m == "active_units" and float(v).is_integer() and f"{m}_std" not in row:
+        s = str(int(v))
+    else:
+        s = f"{v:.3f}" if isinstance(v, float) else str(v)
+    return s + (f" ± {row[f'{m}_std']:.3f}" if f"{m}_std" in row else "")
+
+
+def table_cells(table: list[dict], keys: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Column names and formatted cells: the differing config keys, then status and metrics."""
+    row_keys = [k for k in keys if table and k in table[0]]
+    cols = [*(row_keys or ["run"]), "runs", "status", *METRICS, "wall_time_s"]
+    cells = [[*([str(r.get(k)) for k in row_keys] or [r["label"]]), str(r["runs"]), r["status"],
+              *[fmt(r, m) for m in METRICS], fmt(r, "wall_time_s")] for r in table]
+    return cols, cells
+
+
+# ---------------------------------------------------------------- figures
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def rate_distortion(runs: list[dict], keys: list[str]):
+    """KL (rate) against recon (distortion), one point per run labelled by β, with lines of equal ELBO."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    pts = [(r["final"]["kl"], r["final"]["recon"], r) for r in runs if r["final"]]
+    if pts:
+        totals = [k + c for k, c, _ in pts]
+        lo, hi = min(totals), max(totals)
+        xs = [0, max(k for k, _, _ in pts) * 1.15 + 1]
+        for level in [lo + (hi - lo) * f for f in (0, 0.5, 1)] if hi > lo else [lo]:
+            ax.plot(xs, [level - x for x in xs], ls=":", lw=0.8, color="grey")
+            ax.annotate(f"−ELBO={level:.1f}", (xs[0], level), fontsize=7, color="grey")
+        for k, c, r in pts:
+            ax.scatter(k, c, s=30)
+            ax.annotate(f"β={r['config'].get('beta')}" + (" (failed)" if r["status"] == "failed" else ""), (k, c),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("rate: KL [nats]")
+    ax.set_ylabel("distortion: recon [nats]")
+    ax.set_title("rate–distortion (validation, final)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def curves(runs: list[dict], keys: list[str]):
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    for r in runs:
+        vals = [x for x in r["records"] if x.get("split") == "val"]
+        train = [x for x in r["records"] if x.get("split") == "train"]
+        label = _label(r, keys)
+        axes[0].plot([x["step"] for x in vals], [x["recon"] for x in vals], marker=".", label=label)
+        axes[1].plot([x["step"] for x in vals], [x["kl"] for x in vals], marker=".", label=label)
+        axes[2].plot([x["step"] for x in train], [x["beta"] for x in train], label=label)
+    for ax, t in zip(axes, ("validation recon [nats]", "validation KL [nats]", "β")):
+        ax.set_title(t, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def kl_heatmap(runs: list[dict], keys: list[str]):
+    plt = _plt()
+    done = [r for r in runs if r["final"]]
+    width = max((len(r["final"]["kl_per_dim"]) for r in done), default=1)
+    grid = [[*r["final"]["kl_per_dim"], *[math.nan] * (width - len(r["final"]["kl_per_dim"]))] for r in done]
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * width + 3), 0.45 * max(len(done), 1) + 1.5))
+    im = ax.imshow(grid or [[math.nan]], aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(done)), [_label(r, keys) for r in done], fontsize=7)
+    ax.set_xlabel("latent dimension")
+    ax.set_title("KL per dimension [nats] (validation, final)", fontsize=10)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- writers
+def write_reports(runs: list[dict], table: list[dict], out: Path) -> tuple[Path, Path]:
+    """report.md (+ PNGs in report_files/) and a self-contained report.html (images inlined)."""
+    plt = _plt()
+    files = out / "report_files"
+    files.mkdir(parents=True, exist_ok=True)
+    keys = differing_keys(runs)
+    figs = {"rate_distortion.png": rate_distortion(runs, keys), "curves.png": curves(runs, keys),
+            "kl_per_dim.png": kl_heatmap(runs, keys)}
+    for name, fig in figs.items():
+        fig.savefig(files / name, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+    samples = []
+    for i, r in enumerate(runs):
+        if r["samples"]:
+            dst = files / f"samples_{i}.png"
+            dst.write_bytes(Path(r["samples"][0]).read_bytes())
+            samples.append((_label(r, keys), dst))
+    cols, cells = table_cells(table, keys)
+    diffs = [(r["path"], {k: r["config"].get(k) for k in keys}) for r in runs]
+    md = ["# vaerun compare", "", f"{len(runs)} runs; config keys that differ: {', '.join(keys) or 'none'}.", "",
+          "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    md += ["| " + " | ".join(c) + " |" for c in cells]
+    md += ["", "## Rate–distortion", "", "![rate-distortion](report_files/rate_distortion.png)", "",
+           "## Curves", "", "![curves](report_files/curves.png)", "", "## KL per dimension", "",
+           "![kl per dim](report_files/kl_per_dim.png)", "", "## Samples", ""]
+    md += [f"**{lab}**  \n![samples]({p.relative_to(out)})" for lab, p in samples]
+    md += ["", "## Config differences", ""] + [f"- `{p}`: {d}" for p, d in diffs]
+    md_path = out / "report.md"
+    md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
+
+    def img(path: Path, alt: str) -> str:
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+    rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in c_) + "</tr>" for c_ in cells)
+    body = [f"<h1>vaerun compare</h1><p>{len(runs)} runs; config keys that differ: {html.escape(', '.join(keys))}</p>",
+            "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + f"</tr>{rows_html}</table>",
+            "<h2>Rate–distortion</h2>", img(files / "rate_distortion.png", "rate-distortion"),
+            "<h2>Curves</h2>", img(files / "curves.png", "curves"),
+            "<h2>KL per dimension</h2>", img(files / "kl_per_dim.png", "kl per dim"), "<h2>Samples</h2>",
+            "<div class=grid>" + "".join(f"<figure>{img(p, 'samples')}<figcaption>{html.escape(lab)}</figcaption>"
+                                         f"</figure>" for lab, p in samples) + "</div>",
+            "<h2>Config differences</h2><ul>" + "".join(f"<li><code>{html.escape(p)}</code>: {html.escape(str(d))}</li>"
+                                                      for p, d in diffs) + "</ul>"]
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>vaerun compare</title><style>"
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:3px 8px;font-size:13px}img{max-width:100%}.grid{display:flex;flex-wrap:wrap;gap:12px}"
+            "figure{margin:0}figcaption{font-size:12px}</style></head><body>" + "".join(body) + "</body></html>")
+    html_path = out / "report.html"
+    html_path.write_text(page, encoding="utf-8")
+    return html_path, md_path
+
+
+def common_parent(paths: list[str]) -> Path:
+    return Path(os.path.commonpath([str(Path(p).resolve()) for p in paths]))
