@@ -18,7 +18,8 @@ VAERUN = str(Path(sys.executable).with_name("vaerun"))
 # A run that takes about a second: 16x16 shapes, a few steps, every periodic action fires.
 TINY = ["dataset.num_examples=240", "dataset.val_size=40", "dataset.test_size=40", "dataset.image_size=16",
         "batch_size=32", "eval_batch_size=64", "max_steps=6", "eval_every=3", "sample_every=3", "log_every=2",
-        "num_samples=4", "model.hidden=[32]", "model.channels=[8,8]", "model.latent_dim=4", "progress=log"]
+        "num_samples=4", "model.hidden=[32]", "model.channels=[8,8]", "model.latent_dim=4", "progress=log",
+        "diagnostics.iw_samples=8", "diagnostics.mi_examples=40"]
 
 TRAIN_KEYS = {"step", "epoch", "split", "loss", "recon", "kl", "elbo", "beta", "kl_per_dim", "lr", "grad_norm", "time"}
 VAL_KEYS = {"step", "epoch", "split", "loss", "recon", "kl", "elbo", "beta", "kl_per_dim", "time", "active_units",

@@ -122,11 +122,11 @@ def test_slurm_preset_composes():
 
 def test_a_requeued_sweep_job_resumes_from_its_checkpoint(tmp_path):
     sweep = tmp_path / "sweep"
-    args = [VAERUN, "train", "-m", *TINY, "max_steps=400", "checkpoint_every=20", "beta=1",
+    args = [VAERUN, "train", "-m", *TINY, "max_steps=250", "checkpoint_every=10", "beta=1",
             f"hydra.sweep.dir={sweep}", f"out_dir={tmp_path}"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not list(sweep.rglob("last.pt")) or RunFolder(next(sweep.rglob("last.pt")).parents[1]).load_checkpoint()["step"] < 40:
+    while not list(sweep.rglob("last.pt")) or RunFolder(next(sweep.rglob("last.pt")).parents[1]).load_checkpoint()["step"] < 20:
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)                                            # what SLURM sends before requeue
@@ -137,6 +137,6 @@ def test_a_requeued_sweep_job_resumes_from_its_checkpoint(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming it" in again.stdout
     summary = json.loads((job / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["steps"] == 400 and len(summary["resumed"]) == 1
+    assert summary["status"] == "completed" and summary["steps"] == 250 and len(summary["resumed"]) == 1
     steps = [r["step"] for r in RunFolder(job).read_metrics("train")]
     assert steps == sorted(set(steps))

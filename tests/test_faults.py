@@ -79,7 +79,18 @@ def assert_same_as_reference(run: Path, reference) -> None:
     assert all(torch.equal(final[k], weights[k]) for k in weights)
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigterm_checkpoints_and_exits_143(tmp_path):
+    out = tmp_path / "out"
+    proc = start(*FAULT, out=out)
+    wait_for_step(out, 30, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    run = run_dir(out)
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    assert RunFolder(run).load_checkpoint("last")["step"] >= 30     # (resume after SIGTERM: test_compare)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130)])
 def test_signal_checkpoints_and_resume_matches_uninterrupted(tmp_path, reference, sig, code):
     out = tmp_path / "out"
     proc = start(*FAULT, out=out)

@@ -6,9 +6,15 @@ import sys
 
 
 def _console():
+    """rich's console; off a terminal (pipes, files) 140 columns instead of 80, so tables stay readable."""
+    import os
+
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=140)
+    return console
 
 
 def _open(path: str, device: str):
