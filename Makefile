@@ -18,10 +18,10 @@ train: install
 	$(BIN)/vaerun train $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 test-all: install
-	$(BIN)/python -m pytest -q -m '' $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "" $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info vaerun.egg-info .pytest_cache
