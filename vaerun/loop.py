@@ -77,7 +77,9 @@ def restore(parts: Parts, ckpt: dict, rngs: Rngs, acc: Accumulator) -> LoopState
     rngs.order.set_state(rng["order"])
     rngs.binarize.set_state(rng["binarize"])
     random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
-    acc.load_state_dict(ckpt["accumulator"])
+    sums = ckpt["accumulator"]["sums"]  # the checkpoint was loaded to the CPU: back to the device
+    acc.load_state_dict({"n": ckpt["accumulator"]["n"],
+                         "sums": None if sums is None else [t.to(parts.device) for t in sums]})
     return LoopState(**ckpt["loop"])
 
 
