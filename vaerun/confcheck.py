@@ -19,9 +19,20 @@ _HYDRA_FLAGS = {"-m", "--multirun", "-h", "--help", "--hydra-help", "-i", "--inf
 
 
 def available_options(group: str) -> list[str]:
-    """The options of a config group: the YAML files in vaerun/conf/<group>/."""
-    folder = resources.files("vaerun.conf") / group
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    """The options of a config group: the YAML files in vaerun/conf/<group>/, with subfolders
+    (e.g. experiment: collapse/ar_beta1)."""
+    root = resources.files("vaerun.conf") / group
+
+    def walk(folder, prefix: str) -> list[str]:
+        out = []
+        for p in folder.iterdir():
+            if p.is_dir() and not p.name.startswith("_"):
+                out += walk(p, f"{prefix}{p.name}/")
+            elif p.name.endswith(".yaml"):
+                out.append(prefix + p.name[:-5])
+        return out
+
+    return sorted(walk(root, "")) if root.is_dir() else []
 
 
 def should_check(args: list[str]) -> bool:
@@ -45,10 +56,10 @@ def explain(exc: BaseException, overrides: list[str], defaults) -> str:
     """A one-screen message for a composition error (no traceback)."""
     cause = exc.__cause__ or exc.__context__ or exc
     text = str(exc)
-    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+    missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
     if missing:
         group, option = missing.group(1), missing.group(2)
-        options = available_options(group) if group in GROUPS else []
+        options = available_options(group) if group in (*GROUPS, "experiment") else []
         best = _suggest(option, options) or (options[0] if options else "...")
         return (f"{group}={option}: there is no {group} option '{option}'. Available: {', '.join(options)}.\n"
                 f"  fix: {group}={best}")

@@ -35,6 +35,7 @@ class Binarize(Enum):
 class ModelName(Enum):
     mlp = "mlp"
     conv = "conv"
+    autoregressive = "autoregressive"
 
 
 class Activation(Enum):
@@ -134,6 +135,10 @@ class ModelConfig:
     kernel: int = 4                                                  # conv
     activation: Activation = Activation.relu
     init: Init = Init.default
+    ar_layers: int = 6                 # autoregressive: masked (gated) conv layers: decoder power
+    ar_kernel: int = 5                 # autoregressive: masked kernel size (odd): receptive field
+    ar_width: int = 64                 # autoregressive: channels (rounded up to a multiple of the image channels)
+    ar_cond_channels: int = 32         # autoregressive: channels of the z conditioning map
 
 
 @dataclass
@@ -280,6 +285,13 @@ def validate(cfg: TrainConfig) -> None:
     _check(len(m.channels) > 0 and all(c > 0 for c in m.channels), "model.channels", list(m.channels),
            "needs at least one positive channel count", "use e.g. model.channels=[32,64,64]")
     _check(m.kernel >= 2, "model.kernel", m.kernel, "stride-2 convolutions need a kernel of at least 2", "use model.kernel=4 or 3")
+    _check(m.ar_layers >= 1, "model.ar_layers", m.ar_layers, "needs at least the first (mask A) layer",
+           "use e.g. model.ar_layers=6")
+    _check(m.ar_kernel >= 1 and m.ar_kernel % 2 == 1, "model.ar_kernel", m.ar_kernel, "must be odd",
+           "use e.g. model.ar_kernel=5")
+    _check(m.ar_width >= 1, "model.ar_width", m.ar_width, "must be positive", "use e.g. model.ar_width=64")
+    _check(m.ar_cond_channels >= 1, "model.ar_cond_channels", m.ar_cond_channels, "must be positive",
+           "use e.g. model.ar_cond_channels=32")
     # likelihood
     _check(lk.sigma > 0, "likelihood.sigma", lk.sigma, "σ must be positive", "use e.g. likelihood.sigma=0.1")
     _check(lk.min_log_sigma < lk.max_log_sigma, "likelihood.min_log_sigma", lk.min_log_sigma,

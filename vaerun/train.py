@@ -77,7 +77,9 @@ def build_model(cfg: TrainConfig, data_shape: tuple[int, int, int]) -> VAE:
                                   min_log_sigma=lk.min_log_sigma, max_log_sigma=lk.max_log_sigma)
     try:
         return build_vae(m.name.value, data_shape, likelihood, latent_dim=m.latent_dim, hidden=list(m.hidden),
-                         channels=list(m.channels), kernel=m.kernel, activation=m.activation.value, init=m.init.value)
+                         channels=list(m.channels), kernel=m.kernel, activation=m.activation.value, init=m.init.value,
+                         ar_layers=m.ar_layers, ar_kernel=m.ar_kernel, ar_width=m.ar_width,
+                         ar_cond_channels=m.ar_cond_channels)
     except ValueError as err:
         raise ConfigError("model.channels", list(m.channels), f"{err} (dataset.image_size={data_shape[-1]})",
                           "use fewer stages (e.g. model.channels=[32,64]), a smaller model.kernel, or a "

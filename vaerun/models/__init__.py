@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 from vaerun.likelihoods import Likelihood
+from vaerun.models.autoregressive import PixelCNNDecoder
 from vaerun.models.decoders import ConvDecoder, MLPDecoder
 from vaerun.models.encoders import ConvEncoder, MLPEncoder
 from vaerun.models.layers import initialize
 from vaerun.models.vae import VAE
 
-MODELS = ("mlp", "conv")
+MODELS = ("mlp", "conv", "autoregressive")
 
 
 def build_vae(name: str, data_shape: tuple[int, int, int], likelihood: Likelihood, *, latent_dim: int,
               hidden: list[int], channels: list[int], kernel: int, activation: str = "relu",
-              init: str = "default") -> VAE:
+              init: str = "default", ar_layers: int = 6, ar_kernel: int = 5, ar_width: int = 64,
+              ar_cond_channels: int = 32) -> VAE:
     """Builds a VAE for images of ``data_shape`` (C, H, W). The decoder emits C·K maps for the
     likelihood's K parameters per channel. Raises ValueError when the geometry does not fit."""
     c, h, w = data_shape
@@ -20,11 +22,15 @@ def build_vae(name: str, data_shape: tuple[int, int, int], likelihood: Likelihoo
     if name == "mlp":
         enc = MLPEncoder(data_shape, list(hidden), latent_dim, activation)
         dec = MLPDecoder(latent_dim, list(reversed(hidden)), (out_channels, h, w), activation)
-    elif name == "conv":
+    elif name in ("conv", "autoregressive"):
         if h != w:
-            raise ValueError(f"the conv model needs square images, got {h}x{w}")
+            raise ValueError(f"the {name} model needs square images, got {h}x{w}")
         enc = ConvEncoder(c, h, list(channels), kernel, list(hidden), latent_dim, activation)
-        dec = ConvDecoder(latent_dim, h, list(channels), kernel, list(hidden), out_channels, activation)
+        if name == "conv":
+            dec = ConvDecoder(latent_dim, h, list(channels), kernel, list(hidden), out_channels, activation)
+        else:
+            dec = PixelCNNDecoder(latent_dim, data_shape, likelihood.params_per_channel, ar_width, ar_layers,
+                                  ar_kernel, ar_cond_channels)
     else:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     vae = VAE(enc, dec, likelihood, latent_dim)
@@ -33,4 +39,4 @@ def build_vae(name: str, data_shape: tuple[int, int, int], likelihood: Likelihoo
     return vae
 
 
-__all__ = ["VAE", "build_vae", "MODELS", "MLPEncoder", "ConvEncoder", "MLPDecoder", "ConvDecoder"]
+__all__ = ["VAE", "build_vae", "MODELS", "MLPEncoder", "ConvEncoder", "MLPDecoder", "ConvDecoder", "PixelCNNDecoder"]

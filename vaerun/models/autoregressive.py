@@ -1,0 +1,107 @@
+"""A PixelCNN decoder conditioned on z: p(x|z) = Π_i p(x_i | x_<i, z) (van den Oord et al. 2016).
+
+x is read in raster order, and within a pixel in channel order (R, then G, then B). Masked
+convolutions enforce it: the first layer (mask A) never sees the pixel it predicts, later layers
+(mask B) see their own position from the previous layer, and at the centre tap an output channel
+group c sees input groups < c (A) or <= c (B). z enters every layer through a spatial
+conditioning map (a linear map of z to (width, H, W), then one 1x1 projection per layer) with
+gated activations, tanh(a) * sigmoid(b) (Gated PixelCNN, van den Oord et al. 2016b).
+
+Decoder power is three knobs: ``layers`` (masked layers), ``kernel`` (receptive field) and
+``width`` (channels). One layer with kernel 3 barely looks at its neighbours; eight layers of
+kernel 5 see enough of the image to model it without z, the classic route to posterior collapse.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def channel_groups(n: int, groups: int) -> torch.Tensor:
+    """Assigns ``n`` channels to ``groups`` data channels in contiguous blocks: (n,) group ids."""
+    return torch.arange(n) * groups // n
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A same-padded conv whose kernel sees only earlier pixels (and earlier channel groups at
+    the centre tap; the own group too for mask B)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, mask: str, groups: int,
+                 in_groups: Optional[torch.Tensor] = None, out_groups: Optional[torch.Tensor] = None):
+        super().__init__(cin, cout, kernel, padding=kernel // 2)
+        gi = channel_groups(cin, groups) if in_groups is None else in_groups
+        go = channel_groups(cout, groups) if out_groups is None else out_groups
+        m = torch.zeros(cout, cin, kernel, kernel)
+        c = kernel // 2
+        m[:, :, :c, :] = 1                                         # rows above
+        m[:, :, c, :c] = 1                                         # left in the same row
+        centre = (gi[None, :] < go[:, None]) if mask == "A" else (gi[None, :] <= go[:, None])
+        m[:, :, c, c] = centre.float()
+        self.register_buffer("mask", m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+
+
+class GatedLayer(nn.Module):
+    """Masked conv to 2·width channels, plus the z map's projection, then tanh(a)·σ(b)."""
+
+    def __init__(self, cin: int, width: int, kernel: int, mask: str, groups: int, cond: int):
+        super().__init__()
+        half = channel_groups(width, groups)
+        self.conv = MaskedConv2d(cin, 2 * width, kernel, mask, groups, out_groups=torch.cat([half, half]))
+        self.cond = nn.Conv2d(cond, 2 * width, 1)
+        self.residual = mask == "B"
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        a, b = (self.conv(h) + self.cond(c)).chunk(2, dim=1)  # (B, width, H, W) each
+        out = torch.tanh(a) * torch.sigmoid(b)
+        return h + out if self.residual else out
+
+
+class PixelCNNDecoder(nn.Module):
+    """z (B, D) and x (B, C, H, W) -> likelihood parameters (B, C·K, H, W), teacher-forced."""
+
+    autoregressive = True
+
+    def __init__(self, latent_dim: int, data_shape: tuple[int, int, int], params_per_channel: int,
+                 width: int = 64, layers: int = 6, kernel: int = 5, cond_channels: int = 32):
+        super().__init__()
+        c, h, w = data_shape
+        width = -(-width // c) * c  # a whole number of channels per data channel group
+        if kernel % 2 == 0:
+            raise ValueError(f"the masked kernel must be odd, not {kernel}")
+        self.shape, self.k = data_shape, params_per_channel
+        self.cond_map = nn.Linear(latent_dim, cond_channels * h * w)
+        self.cond_channels = cond_channels
+        self.layers = nn.ModuleList([GatedLayer(c, width, kernel, "A", c, cond_channels)] +
+                                    [GatedLayer(width, width, kernel, "B", c, cond_channels) for _ in range(layers - 1)])
+        out_groups = torch.arange(c).repeat_interleave(params_per_channel)  # channel-major likelihood layout
+        self.head = nn.Sequential(nn.ReLU(), MaskedConv2d(width, c * params_per_channel, 1, "B", c,
+                                                          out_groups=out_groups))
+
+    def forward(self, z: torch.Tensor, x: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if x is None:
+            raise ValueError("the autoregressive decoder needs x (teacher forcing); use generate() to sample")
+        c, h, w = self.shape
+        cond = self.cond_map(z).view(z.shape[0], self.cond_channels, h, w)  # (B, cond, H, W)
+        out = 2 * x - 1                                                      # (B, C, H, W) centred
+        for layer in self.layers:
+            out = layer(out, cond)
+        return self.head(out)                                                # (B, C·K, H, W)
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, likelihood, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """x ~ p(x|z), pixel by pixel and channel by channel, for the whole batch at once: one
+        network pass per (row, column, channel), never a loop over examples."""
+        c, h, w = self.shape
+        x = torch.zeros(z.shape[0], c, h, w, device=z.device)
+        for i in range(h):
+            for j in range(w):
+                for ch in range(c):
+                    sample = likelihood.sample(self(z, x), generator=generator)  # (B, C, H, W)
+                    x[:, ch, i, j] = sample[:, ch, i, j].clamp(0, 1)
+        return x
