@@ -30,7 +30,7 @@ def test_top_level_help_lists_subcommands():
 def test_train_help_lists_groups_and_options():
     out = vaerun("train", "--help")
     assert out.returncode == 0, out.stderr
-    for line in ("dataset: cifar10, fashion_mnist, image_folder, mnist, shapes", "model: conv, mlp",
+    for line in ("dataset: cifar10, fashion_mnist, image_folder, mnist, shapes", "model: autoregressive, conv, mlp",
                  "likelihood: bernoulli, gaussian", "schedule: constant, cyclical, linear, sigmoid",
                  "optimizer: adam, adamw, rmsprop, sgd"):
         assert line in out.stdout

@@ -22,9 +22,10 @@ def test_variants_cover_every_likelihood():
 def test_vae_shapes_and_gradients(model, lik, kw, shape):
     torch.manual_seed(0)
     likelihood = build_likelihood(lik, shape[0], **kw)
-    vae = build_vae(model, shape, likelihood, latent_dim=3, hidden=[16], channels=[4, 8], kernel=4)
+    vae = build_vae(model, shape, likelihood, latent_dim=3, hidden=[16], channels=[4, 8], kernel=4,
+                    ar_layers=2, ar_kernel=3, ar_width=6, ar_cond_channels=2)
     x = torch.rand(5, *shape).round()
-    params = vae.decode(torch.randn(5, 3))
+    params = vae.decode(torch.randn(5, 3), x)  # x: teacher forcing for the autoregressive decoder
     assert params.shape == (5, shape[0] * likelihood.params_per_channel, *shape[1:])
     t = elbo_terms(vae, x)
     assert t.recon.shape == (5,) and t.kl_per_dim.shape == (5, 3)
