@@ -1,20 +1,26 @@
 # vaerun: two commands do everything from a fresh clone: `make train` and `make test`.
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+RUNTIME := $(VENV)/.installed-runtime
+STAMP   := $(VENV)/.installed
 
 .PHONY: install train test test-all clean
 
 install: $(STAMP)
 
-# Redone only when pyproject.toml changes (the stamp is older than it).
-$(STAMP): pyproject.toml
+# Each stamp is redone only when pyproject.toml changes (the stamp is older than it).
+# `make train` needs only the runtime; `make install`/`make test` add the dev extras.
+$(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-train: install
+train: $(RUNTIME)
 	$(BIN)/vaerun train $(ARGS)
 
 test: install

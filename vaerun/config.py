@@ -197,7 +197,7 @@ class TrainConfig:
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     beta: float = 1.0                  # target β of every schedule
     free_bits: float = 0.0             # λ nats per latent dim (Kingma et al. 2016); 0 = off
-    epochs: int = 15
+    epochs: int = 12
     max_steps: Optional[int] = None    # when set, overrides epochs
     batch_size: int = 128
     eval_batch_size: int = 1000
