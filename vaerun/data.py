@@ -78,15 +78,12 @@ class Data:
             x = torch.bernoulli(x, generator=generator)
         return x
 
-    def batches(self, split: str, batch_size: int, generator: Optional[torch.Generator] = None,
-                shuffle: bool = False) -> Iterator[torch.Tensor]:
-        """Yields prepared float batches of one split; shuffled by ``generator`` when asked."""
+    def batches(self, split: str, batch_size: int, generator: Optional[torch.Generator] = None) -> Iterator[torch.Tensor]:
+        """Yields prepared float batches of one split, in order (evaluation); ``generator`` drives
+        dynamic binarization. Training order comes from :meth:`train_epoch`."""
         images = self.split(split).images
-        n = images.shape[0]
-        order = torch.randperm(n, generator=generator, device=images.device) if shuffle else None
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size] if shuffle else slice(start, start + batch_size)
-            yield self.prepare(images[idx], generator)
+        for start in range(0, images.shape[0], batch_size):
+            yield self.prepare(images[start:start + batch_size], generator)
 
 
     def train_epoch(self, batch_size: int, order: torch.Generator, skip: int = 0) -> Iterator[torch.Tensor]:

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from vaerun.runs import RunFolder, find_runs
+from vaerun.runs import find_runs
 
 METRICS = ("elbo", "recon", "kl", "active_units", "mi", "nll_iw")
 IGNORED_KEYS = {"out_dir", "resume", "progress", "device", "tensorboard"}
@@ -165,10 +165,9 @@ def curves(runs: list[dict], keys: list[str]):
         axes[0].plot([x["step"] for x in vals], [x["recon"] for x in vals], marker=".", label=label)
         axes[1].plot([x["step"] for x in vals], [x["kl"] for x in vals], marker=".", label=label)
         axes[2].plot([x["step"] for x in train], [x["beta"] for x in train], label=label)
-    for ax, t in zip(axes, ("validation recon [nats]", "validation KL [nats]", "β")):
-        ax.set_title(t, fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
+    from vaerun.plots import style_axes
+
+    style_axes(axes, ("validation recon [nats]", "validation KL [nats]", "β"))
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig

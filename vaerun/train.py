@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -20,7 +19,7 @@ from vaerun.errors import ConfigError
 from vaerun.likelihoods import build_likelihood
 from vaerun.models import VAE, build_vae
 from vaerun.objectives import elbo_terms, kl_penalty, training_loss
-from vaerun.optim import build_lr_scheduler, build_optimizer, is_per_step
+from vaerun.optim import build_lr_scheduler, build_optimizer
 from vaerun.schedules import build_schedule
 
 log = logging.getLogger("vaerun")
