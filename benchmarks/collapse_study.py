@@ -4,8 +4,9 @@
 
 For each preset: final validation ELBO, KL (total, and min/median/max per dim), the number of
 latent dims above 0.01 nats, active units, and the "decoder ignores z" shuffle test from the run's
-diagnosis; plus wall time. Writes OUT_DIR/collapse_study.json and .md and copies each run's last
-sample grid to OUT_DIR/<preset>_samples.png.
+diagnosis; plus wall time. Writes OUT_DIR/collapse_study.json and .md, OUT_DIR/kl_curves.png
+(validation KL over training, one line per preset), and copies each run's last sample grid and
+latent map to OUT_DIR/<preset>_samples.png and OUT_DIR/<preset>_latents.png.
 """
 from __future__ import annotations
 
@@ -17,13 +18,33 @@ import sys
 import time
 from pathlib import Path
 
+from vaerun.runs import RunFolder
+
 PRESETS = ["ar_beta1", "ar_warmup", "ar_freebits", "ar_cyclical", "ar_weak"]
+
+
+def kl_figure(curves: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for name, points in curves.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation KL (nats, β = 1)")
+    ax.set_title("posterior collapse: validation KL per preset")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
 
 
 def main() -> int:
     root, out, extra = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, curves = [], {}
     for name in PRESETS:
         t = time.time()
         proc = subprocess.run([sys.executable, "-m", "vaerun.cli", "train", f"experiment=collapse/{name}",
@@ -46,8 +67,12 @@ def main() -> int:
         grids = sorted((run / "samples").glob("step_*.png"))
         if grids:
             shutil.copy(grids[-1], out / f"{name}_samples.png")
+        if (run / "pictures" / "latents.png").exists():
+            shutil.copy(run / "pictures" / "latents.png", out / f"{name}_latents.png")
+        curves[name] = [(r["step"], r["kl"]) for r in RunFolder(run).read_metrics("val")]
         print(json.dumps(rows[-1]))
     (out / "collapse_study.json").write_text(json.dumps(rows, indent=2))
+    kl_figure(curves).savefig(out / "kl_curves.png", dpi=110, bbox_inches="tight")
     cols = ["preset", "elbo", "recon", "kl", "kl_dim_min", "kl_dim_median", "kl_dim_max", "dims_above_0.01",
             "active_units", "nll_iw", "shuffle_penalty", "wall_time_s"]
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)

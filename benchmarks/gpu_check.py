@@ -75,7 +75,7 @@ def main() -> int:
     out = run("diagnose", str(d))
     check(out.returncode == 0, "vaerun diagnose on CUDA")
     # 4. SIGINT then resume on CUDA vs uninterrupted
-    ref = run("train", *FAULT, f"out_dir={OUT}/ref")
+    run("train", *FAULT, f"out_dir={OUT}/ref")
     ref_dir, _ = summary_of(OUT / "ref")
     proc = subprocess.Popen([*VAERUN, "train", *FAULT, f"out_dir={OUT}/int"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

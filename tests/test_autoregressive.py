@@ -12,9 +12,10 @@ from vaerun.models import build_vae
 from vaerun.models.autoregressive import PixelCNNDecoder
 
 
-def decoder(c=1, k=1, layers=4, kernel=5, size=8):
+def decoder(c=1, k=1, layers=4, kernel=5, size=8, cond="spatial"):
     torch.manual_seed(0)
-    return PixelCNNDecoder(3, (c, size, size), k, width=12, layers=layers, kernel=kernel, cond_channels=4).double()
+    return PixelCNNDecoder(3, (c, size, size), k, width=12, layers=layers, kernel=kernel, cond_channels=4,
+                           cond=cond).double()
 
 
 def flat(c: int, size: int, pos: int) -> tuple[int, int, int]:
@@ -24,10 +25,11 @@ def flat(c: int, size: int, pos: int) -> tuple[int, int, int]:
 
 
 @pytest.mark.parametrize("c", [1, 3])
-@pytest.mark.parametrize("layers,kernel", [(1, 3), (4, 5), (6, 3)])
-def test_outputs_never_depend_on_the_current_or_later_inputs(c, layers, kernel):
+@pytest.mark.parametrize("layers,kernel,cond", [(1, 3, "spatial"), (4, 5, "spatial"), (6, 3, "spatial"),
+                                                (4, 5, "global")])
+def test_outputs_never_depend_on_the_current_or_later_inputs(c, layers, kernel, cond):
     size, dec = 6, None
-    dec = decoder(c=c, k=2, layers=layers, kernel=kernel, size=size)
+    dec = decoder(c=c, k=2, layers=layers, kernel=kernel, size=size, cond=cond)
     z = torch.randn(2, 3, dtype=torch.float64)
     rng = random.Random(c * 100 + layers)
     for _ in range(8):
@@ -73,6 +75,23 @@ def test_receptive_field_grows_with_layers_and_kernel():
     assert reach(1, 3) < reach(3, 3) < reach(3, 5)
 
 
+def test_global_conditioning_cannot_say_where():
+    """ar_cond=global: z moves every position by the same conditioning vector (a function of z
+    alone), so z's effect on the first layer's pre-activations is the same everywhere; the
+    spatial map varies by position."""
+    def first_layer_cond(cond):
+        dec = decoder(layers=1, kernel=3, size=6, cond=cond)
+        z = torch.randn(2, 3, dtype=torch.float64)
+        c = dec.cond_map(z).view(2, dec.cond_channels, *dec.cond_hw)
+        return dec.layers[0].cond(c)                         # (B, 2·width, H|1, W|1)
+
+    g, s = first_layer_cond("global"), first_layer_cond("spatial")
+    assert g.shape[-2:] == (1, 1) and s.shape[-2:] == (6, 6)
+    assert s.std(dim=(-2, -1)).max() > 0
+    with pytest.raises(ValueError, match="spatial or global"):
+        decoder(cond="everywhere")
+
+
 @pytest.mark.parametrize("lik,kw", [("bernoulli", {}), ("gaussian", {"learn_sigma": "pixel"}),
                                     ("gaussian", {"learn_sigma": "global"})])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 8, 8)])
@@ -106,7 +125,8 @@ def test_the_collapse_presets_exist_and_compose():
         assert cfg.dataset.name.value == "mnist" and cfg.model.name.value == "autoregressive" and cfg.beta == 1.0
     assert cfgs["collapse/ar_warmup"].schedule.name.value == "linear"
     assert cfgs["collapse/ar_cyclical"].schedule.name.value == "cyclical"
-    assert cfgs["collapse/ar_freebits"].free_bits == 0.25
+    assert cfgs["collapse/ar_freebits"].free_bits == 0.5
+    assert all(c.model.ar_cond.value == "global" for c in cfgs.values())
     assert cfgs["collapse/ar_weak"].model.ar_layers == 1 < cfgs["collapse/ar_beta1"].model.ar_layers
 
 

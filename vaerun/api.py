@@ -7,6 +7,7 @@
     >>> x = run.data().val.images[:8]          # uint8 (8, C, H, W)
     >>> mu, logvar = run.encode(x)             # scaled/binarized like in training
     >>> images = run.sample(16)                # (16, C, H, W) in [0, 1]
+    >>> run.evaluate()["elbo"]                 # == run.summary["best_val"]["elbo"]
 """
 from __future__ import annotations
 
@@ -85,15 +86,29 @@ class Run:
             return images.to(self.device)
         return self.data().prepare(images.to(self.device), generator)
 
+    def evaluate(self, split: str = "val", checkpoint: str = "best", iw_samples: int = 0,
+                 seed: Optional[int] = None) -> dict:
+        """The run's evaluation of a checkpoint on a split (ELBO terms, KL per dim, active units,
+        MI, and nll_iw when ``iw_samples`` > 0), exactly as training computed it: with the run's
+        seed, the val ELBO of ``best`` equals summary["best_val"]["elbo"]."""
+        from vaerun.train import evaluate
+
+        cfg = self.cfg
+        return evaluate(self.model(checkpoint), self.data(), split, cfg.eval_batch_size,
+                        seed=cfg.seed if seed is None else seed, au_threshold=cfg.diagnostics.au_threshold,
+                        mi_examples=cfg.diagnostics.mi_examples, iw_samples=iw_samples)
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor, checkpoint: str = "best") -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, log σ²) of q(z|x), each (B, D); uint8 images are prepared as in training."""
         return self.model(checkpoint).encode(self.prepare(images))
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, checkpoint: str = "best") -> torch.Tensor:
-        """Images (likelihood means) for latent codes z (B, D)."""
-        return self.model(checkpoint).generate(z.to(self.device))
+    def decode(self, z: torch.Tensor, checkpoint: str = "best", seed: Optional[int] = None) -> torch.Tensor:
+        """Images for latent codes z (B, D): likelihood means (a pixel-by-pixel sample for the
+        autoregressive decoder, drawn with ``seed``)."""
+        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        return self.model(checkpoint).generate(z.to(self.device), generator=gen)
 
     @torch.no_grad()
     def sample(self, n: int = 64, checkpoint: str = "best", seed: Optional[int] = None) -> torch.Tensor:

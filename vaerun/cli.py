@@ -9,6 +9,10 @@ COMMANDS = {
     "eval": "evaluate a run on a whole split with the importance-weighted NLL: vaerun eval RUN [--iw-samples K]",
     "diagnose": "verdicts with evidence and next steps: vaerun diagnose RUN",
     "compare": "one report across run or sweep folders: vaerun compare PATH... [--sort KEY] [--format json|csv]",
+    "sample": "a grid of prior samples: vaerun sample RUN [--n 64] [--temperature T] [--seed S]",
+    "traverse": "latent traversals, rows sorted by KL: vaerun traverse RUN [--dims auto|0,3] [--range R] [--steps K]",
+    "interpolate": "decoded paths between encoded images: vaerun interpolate RUN [--pairs P] [--mode linear|slerp]",
+    "latents": "latent map + posterior σ per dim: vaerun latents RUN [--color-by FACTOR]",
 }
 
 USAGE = """usage: vaerun <command> [args]
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "train":
         return _train(rest)
-    if command in ("eval", "diagnose", "compare"):
+    if command in ("eval", "diagnose", "compare", "sample", "traverse", "interpolate", "latents"):
         from vaerun import commands
 
         return commands.guarded(getattr(commands, f"{command}_main"), rest)

@@ -34,13 +34,12 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=100, help="examples per batch (each decodes up to 64·B rows)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="seed of binarization and Monte Carlo draws (default: the run's seed)")
     a = p.parse_args(argv)
     if a.iw_samples < 1 or a.batch_size < 1:
         p.error("--iw-samples and --batch-size must be positive")
     import time
 
-    import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
@@ -48,12 +47,12 @@ def eval_main(argv: list[str]) -> int:
 
     run = _open(a.run, a.device)
     model, data = run.model(a.checkpoint), run.data()
-    torch.manual_seed(a.seed)
+    seed = run.cfg.seed if a.seed is None else a.seed
     t0 = time.time()
     with Progress(TextColumn(f"eval {a.split} K={a.iw_samples}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=_console()) as bar:
         task = bar.add_task("eval", total=len(data.split(a.split)))
-        res = evaluate(model, data, a.split, a.batch_size, seed=run.cfg.seed, iw_samples=a.iw_samples,
+        res = evaluate(model, data, a.split, a.batch_size, seed=seed, iw_samples=a.iw_samples,
                        au_threshold=run.cfg.diagnostics.au_threshold, mi_examples=run.cfg.diagnostics.mi_examples,
                        on_batch=lambda n, _: bar.update(task, completed=n))
     res.update(split=a.split, checkpoint=a.checkpoint, seconds=round(time.time() - t0, 2),
@@ -180,4 +179,159 @@ def compare_main(argv: list[str]) -> int:
         out = __import__("pathlib").Path(a.out) if a.out else report.common_parent(a.paths)
         html_path, md_path = report.write_reports(runs, table, out)
         print(f"wrote {html_path} and {md_path}", file=sys.stderr if a.format != "table" else sys.stdout)
+    return 0
+
+
+# ---------------------------------------------------------------- pictures
+def _picture_parser(kind: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"vaerun {kind}", description=description + " Writes a PNG into the run "
+                                f"folder (pictures/{kind}.png, or pictures/{kind}_last.png for --checkpoint last) "
+                                "or to --out, and prints where.")
+    p.add_argument("run", help="a run folder")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--out", help="write the PNG here instead")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent draws and autoregressive sampling")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    return p
+
+
+def _save_picture(run, fig, kind: str, a) -> None:
+    import matplotlib.pyplot as plt
+
+    path = run.folder.save_figure(fig, a.out or run.folder.picture_file(kind, a.checkpoint))
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def _positive(p: argparse.ArgumentParser, **values) -> None:
+    bad = [f"--{k.replace('_', '-')}={v}" for k, v in values.items() if not v > 0]
+    if bad:
+        p.error(f"{', '.join(bad)}: must be positive")
+
+
+def _generator(run, seed: int):
+    import torch
+
+    return torch.Generator(device=run.device).manual_seed(seed)
+
+
+def _slow_note(run, images: int) -> None:
+    if run.cfg.model.name.value == "autoregressive":
+        c, h, w = run.data().shape
+        print(f"note: the autoregressive decoder draws {images} images pixel by pixel ({c * h * w} network passes)")
+
+
+def sample_main(argv: list[str]) -> int:
+    p = _picture_parser("sample", "A grid of samples from the prior, z ~ N(0, T²·I), decoded (the likelihood mean; "
+                        "a pixel-by-pixel sample for the autoregressive decoder).")
+    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--temperature", "-t", type=float, default=1.0, help="prior scale T (default 1)")
+    a = p.parse_args(argv)
+    _positive(p, n=a.n, temperature=a.temperature)
+    from vaerun.pictures import grid_figure, sample_grid
+
+    run = _open(a.run, a.device)
+    _slow_note(run, a.n)
+    grid = sample_grid(run.model(a.checkpoint), a.n, a.temperature, _generator(run, a.seed))
+    _save_picture(run, grid_figure(grid), "sample", a)
+    return 0
+
+
+def _dims(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        return [int(d) for d in text.split(",") if d.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--dims takes auto or a comma-separated list like 0,3,5, not {text!r}")
+
+
+def traverse_main(argv: list[str]) -> int:
+    p = _picture_parser("traverse", "Latent traversals: one row per dimension, sweeping it while the others stay "
+                        "fixed; rows sorted by the dimension's KL, written beside each row.")
+    p.add_argument("--dims", type=_dims, default="auto", help="auto (the informative dims, largest KL first) or a "
+                   "list like 0,3,5")
+    p.add_argument("--range", type=float, default=2.5, dest="span", help="sweep z_d over origin ± R (default 2.5)")
+    p.add_argument("--steps", type=int, default=9, help="images per row (default 9)")
+    p.add_argument("--from", choices=["prior", "data"], default="prior", dest="origin",
+                   help="hold the other dims at the prior mean 0, or at a validation image's posterior mean")
+    p.add_argument("--max-dims", type=int, default=10, help="auto: at most this many rows (default 10)")
+    a = p.parse_args(argv)
+    _positive(p, range=a.span, steps=a.steps, max_dims=a.max_dims)
+    from vaerun.errors import VaerunError
+    from vaerun.pictures import grid_figure, posterior, traversal
+
+    run = _open(a.run, a.device)
+    model, data = run.model(a.checkpoint), run.data()
+    post = posterior(model, data, "val", max_examples=2000, seed=run.cfg.seed)
+    origin = None
+    if a.origin == "data":
+        origin = post["mu"][a.seed % post["mu"].shape[0]]
+    try:
+        rows = len(a.dims) if a.dims != "auto" else a.max_dims
+        _slow_note(run, rows * a.steps)
+        grid = traversal(model, post["kl_per_dim"], dims=a.dims, span=a.span, steps=a.steps, origin=origin,
+                         threshold=run.cfg.diagnostics.collapse_threshold, max_dims=a.max_dims,
+                         generator=_generator(run, a.seed))
+    except ValueError as err:
+        raise VaerunError(f"{err}\n  fix: vaerun traverse {a.run} --dims auto, or dims from 0 to "
+                          f"{post['kl_per_dim'].shape[0] - 1}") from None
+    print(grid.note)
+    _save_picture(run, grid_figure(grid), "traverse", a)
+    return 0
+
+
+def interpolate_main(argv: list[str]) -> int:
+    p = _picture_parser("interpolate", "Decoded paths between the posterior means of validation images: one row "
+                        "per pair, the two inputs at the ends.")
+    p.add_argument("--pairs", type=int, default=6, help="rows (default 6)")
+    p.add_argument("--steps", type=int, default=8, help="decoded images per path, endpoints included (default 8)")
+    p.add_argument("--mode", choices=["linear", "slerp"], default="linear")
+    a = p.parse_args(argv)
+    _positive(p, pairs=a.pairs, steps=a.steps)
+    from vaerun.errors import VaerunError
+    from vaerun.pictures import grid_figure, interpolation
+
+    run = _open(a.run, a.device)
+    model, data = run.model(a.checkpoint), run.data()
+    if 2 * a.pairs > len(data.val):
+        raise VaerunError(f"--pairs={a.pairs} needs {2 * a.pairs} validation images; the run has {len(data.val)}.\n"
+                          f"  fix: --pairs {len(data.val) // 2}")
+    gen = _generator(run, a.seed)
+    idx = torch_randperm(len(data.val), gen)[:2 * a.pairs]
+    x = data.prepare(data.val.images[idx.to(data.val.images.device)], gen)   # (2P, C, H, W)
+    _slow_note(run, a.pairs * a.steps)
+    grid = interpolation(model, x[:a.pairs], x[a.pairs:], steps=a.steps, mode=a.mode, generator=gen)
+    _save_picture(run, grid_figure(grid), "interpolate", a)
+    return 0
+
+
+def torch_randperm(n: int, generator):
+    import torch
+
+    return torch.randperm(n, generator=generator, device=generator.device)
+
+
+def latents_main(argv: list[str]) -> int:
+    p = _picture_parser("latents", "A latent map of the validation set: posterior means on the two most "
+                        "informative dims and a PCA projection of all dims, coloured by class or by a "
+                        "generative factor; beside it, per dimension, a histogram of posterior σ against the "
+                        "prior's 1 (collapsed dims sit at 1).")
+    p.add_argument("--examples", type=int, default=5000, help="validation examples (default 5000)")
+    p.add_argument("--color-by", help="shapes: the factor to colour by (shape, scale, rotation, x, y; default shape)")
+    a = p.parse_args(argv)
+    _positive(p, examples=a.examples)
+    from vaerun.errors import VaerunError
+    from vaerun.pictures import latent_map_figure, posterior
+
+    run = _open(a.run, a.device)
+    model, data = run.model(a.checkpoint), run.data()
+    post = posterior(model, data, "val", max_examples=a.examples, seed=run.cfg.seed)
+    try:
+        fig, info = latent_map_figure(post, data.label_names, a.color_by, run.cfg.diagnostics.collapse_threshold)
+    except ValueError as err:
+        raise VaerunError(f"{err}\n  fix: drop --color-by or pick a listed factor") from None
+    print(f"{info['n']} examples, {info['informative']} of {len(info['dims_order'])} dims informative; "
+          f"top dims z{info['top_dims'][0]}, z{info['top_dims'][1]}")
+    _save_picture(run, fig, "latents", a)
     return 0

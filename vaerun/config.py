@@ -103,6 +103,12 @@ class Device(Enum):
     mps = "mps"
 
 
+# How z enters the autoregressive decoder: spatial = a (channels, H, W) map, so z can say where
+# things are; global = one vector broadcast over the image (conditional PixelCNN), easier to ignore.
+# ("global" is a Python keyword, hence the functional form; OmegaConf matches enum names.)
+ARCond = Enum("ARCond", {"spatial": "spatial", "global": "global"})
+
+
 class Progress(Enum):
     auto = "auto"  # a live bar on an interactive terminal under the basic launcher, else log lines
     bar = "bar"
@@ -139,6 +145,7 @@ class ModelConfig:
     ar_kernel: int = 5                 # autoregressive: masked kernel size (odd): receptive field
     ar_width: int = 64                 # autoregressive: channels (rounded up to a multiple of the image channels)
     ar_cond_channels: int = 32         # autoregressive: channels of the z conditioning map
+    ar_cond: ARCond = ARCond.spatial   # autoregressive: z as a spatial map or one global vector
 
 
 @dataclass
@@ -188,6 +195,16 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class PicturesConfig:
+    """End-of-training pictures in pictures/ (the same as `vaerun traverse` / `vaerun latents`)."""
+    traverse: Optional[bool] = None    # null = on, except for an autoregressive decoder on the CPU (pixel-by-pixel)
+    latents: bool = True               # latent map + posterior σ per dim (encoder only: cheap)
+    traverse_steps: int = 9            # images per traversal row
+    traverse_range: float = 2.5        # each dim swept over ±range around the prior mean
+    max_dims: int = 10                 # traversal rows at most (the informative dims, by KL)
+
+
+@dataclass
 class TrainConfig:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
@@ -195,6 +212,7 @@ class TrainConfig:
     schedule: ScheduleConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    pictures: PicturesConfig = field(default_factory=PicturesConfig)
     beta: float = 1.0                  # target β of every schedule
     free_bits: float = 0.0             # λ nats per latent dim (Kingma et al. 2016); 0 = off
     epochs: int = 12
@@ -266,6 +284,12 @@ def validate(cfg: TrainConfig) -> None:
     _check(dg.iw_samples >= 0, "diagnostics.iw_samples", dg.iw_samples, "must be >= 0 (0 = off)", "use e.g. 50")
     _check(dg.iw_examples > 0, "diagnostics.iw_examples", dg.iw_examples, "must be positive", "use e.g. 256")
     _check(cfg.num_samples > 0, "num_samples", cfg.num_samples, "must be positive", "use e.g. num_samples=64")
+    pc = cfg.pictures
+    _check(pc.traverse_steps > 0, "pictures.traverse_steps", pc.traverse_steps, "must be positive",
+           "use e.g. pictures.traverse_steps=9")
+    _check(pc.traverse_range > 0, "pictures.traverse_range", pc.traverse_range, "must be positive",
+           "use e.g. pictures.traverse_range=2.5")
+    _check(pc.max_dims > 0, "pictures.max_dims", pc.max_dims, "must be positive", "use e.g. pictures.max_dims=10")
     # dataset
     _check(d.image_size >= 4, "dataset.image_size", d.image_size, "must be at least 4 pixels", "use e.g. dataset.image_size=32")
     _check(d.channels in (1, 3), "dataset.channels", d.channels, "must be 1 (grayscale) or 3 (RGB)", "use dataset.channels=1 or 3")

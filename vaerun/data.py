@@ -67,7 +67,10 @@ class Data:
         return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
 
     def is_binary(self) -> bool:
-        """True when every training pixel is 0 or 255 (after static binarization, if any)."""
+        """True when the model sees only 0/1 pixels: dynamic binarization, or every training pixel
+        is 0 or 255 (after static binarization, if any)."""
+        if self.binarize == "dynamic":
+            return True
         x = self.train.images
         return bool(((x == 0) | (x == 255)).all())
 

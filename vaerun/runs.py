@@ -94,6 +94,18 @@ class RunFolder:
     def checkpoint_file(self, name: str = "last") -> Path:
         return self.checkpoint_dir / f"{name}.pt"
 
+    PICTURES = ("sample", "traverse", "interpolate", "latents")
+
+    def picture_file(self, kind: str, checkpoint: str = "best") -> Path:
+        """pictures/<kind>.png (from the best checkpoint) or pictures/<kind>_last.png."""
+        if kind not in self.PICTURES:
+            raise ValueError(f"picture kind must be one of {', '.join(self.PICTURES)}, not {kind!r}")
+        return self.path / "pictures" / (f"{kind}.png" if checkpoint == "best" else f"{kind}_{checkpoint}.png")
+
+    def pictures(self) -> dict[str, Path]:
+        """The pictures from the best checkpoint that exist, by kind."""
+        return {k: p for k in self.PICTURES if (p := self.picture_file(k)).is_file()}
+
     def grid_file(self, kind: str, step: int) -> Path:
         if kind not in ("samples", "recon"):
             raise ValueError(f"grid kind must be samples or recon, not {kind!r}")
@@ -155,8 +167,11 @@ class RunFolder:
         return grid
 
     def save_figure(self, fig, path: Optional[Path] = None) -> Path:
-        path = path or self.curves_file
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        """A matplotlib figure as PNG: curves.png by default, else ``path`` (folders created;
+        written to a temporary file first, so a reader never sees half a picture)."""
+        path = Path(path or self.curves_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"))
         return path
 
     def tb_writer(self, purge_step: Optional[int] = None):

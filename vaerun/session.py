@@ -64,6 +64,7 @@ def train(cfg: TrainConfig, run, config: dict, *, bar: bool = False, resume: boo
             with Reporter(parts.total_steps, bar, start=trainer.state.step) as trainer.reporter:
                 result = trainer.fit(stop)
             summary.update(**result, diagnosis=_diagnose(run, config, parts, cfg.seed))
+            _pictures(cfg, run, parts)
         finish("completed")
     except Interrupted as err:
         finish("interrupted", f"{err}; resume with: vaerun train resume={run.path}")
@@ -93,6 +94,31 @@ def _diagnose(run, config: dict, parts, seed: int) -> dict:
     log.info("diagnosis: %s — %s (details: vaerun diagnose %s)", report["overall"], report["headline"], run.path)
     return {"overall": report["overall"], "headline": report["headline"],
             "checks": {v["name"]: v["status"] for v in report["verdicts"]}}
+
+
+def _pictures(cfg: TrainConfig, run, parts) -> None:
+    """Traversal and latent map from the best checkpoint into pictures/ (config: pictures.*)."""
+    from vaerun.pictures import end_of_training
+
+    pc = cfg.pictures
+    traverse = pc.traverse
+    if traverse is None:  # auto: a pixel-by-pixel decoder on the CPU would take minutes
+        traverse = not (cfg.model.name.value == "autoregressive" and parts.device.type == "cpu")
+    if not (traverse or pc.latents):
+        return
+    t = time.time()
+    best = run.load_checkpoint("best", map_location=parts.device)
+    final = {k: v.detach().clone() for k, v in parts.model.state_dict().items()}
+    parts.model.load_state_dict(best["model"])
+    try:
+        written = end_of_training(run, parts.model, parts.data, traverse=traverse, latents=pc.latents,
+                                  steps=pc.traverse_steps, span=pc.traverse_range, max_dims=pc.max_dims,
+                                  threshold=cfg.diagnostics.collapse_threshold, label_names=parts.data.label_names,
+                                  seed=cfg.seed)
+    finally:
+        parts.model.load_state_dict(final)
+    log.info("pictures (best checkpoint, step %d): %s in %.1fs", best["step"],
+             ", ".join(str(p.relative_to(run.path)) for p in written.values()), time.time() - t)
 
 
 def _write_curves(run) -> None:

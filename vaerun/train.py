@@ -78,7 +78,7 @@ def build_model(cfg: TrainConfig, data_shape: tuple[int, int, int]) -> VAE:
         return build_vae(m.name.value, data_shape, likelihood, latent_dim=m.latent_dim, hidden=list(m.hidden),
                          channels=list(m.channels), kernel=m.kernel, activation=m.activation.value, init=m.init.value,
                          ar_layers=m.ar_layers, ar_kernel=m.ar_kernel, ar_width=m.ar_width,
-                         ar_cond_channels=m.ar_cond_channels)
+                         ar_cond_channels=m.ar_cond_channels, ar_cond=m.ar_cond.value)
     except ValueError as err:
         raise ConfigError("model.channels", list(m.channels), f"{err} (dataset.image_size={data_shape[-1]})",
                           "use fewer stages (e.g. model.channels=[32,64]), a smaller model.kernel, or a "
@@ -130,8 +130,26 @@ def evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float
     recon, kl, elbo, kl_per_dim: means per example, nats. active_units and au_variance from the
     posterior means of every example; mi over the first ``mi_examples``; nll_iw (K = iw_samples)
     over the first ``iw_examples`` (all when None); bpd from −elbo, bpd_iw from nll_iw.
-    ``loss`` is the β-weighted objective at the given β, for comparison only. Dynamic
-    binarization uses a fixed seed, so every evaluation sees the same draw."""
+    ``loss`` is the β-weighted objective at the given β, for comparison only.
+
+    Deterministic given the model and ``seed``: dynamic binarization and every Monte Carlo draw
+    (ε of the ELBO, the MI and IW samples) come from RNG state seeded here and restored after,
+    so the same checkpoint gives the same numbers later (``vaerun.load_run(...).evaluate()``) and
+    evaluation never moves the training run's random stream."""
+    device, was_training = data.train.images.device, model.training
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed + 1299709)
+            return _evaluate(model, data, split, batch_size, beta=beta, free_bits=free_bits, seed=seed,
+                             au_threshold=au_threshold, mi_examples=mi_examples, iw_samples=iw_samples,
+                             iw_examples=iw_examples, on_batch=on_batch)
+    finally:
+        model.train(was_training)  # back to the mode it came in (a loaded run's model stays in eval)
+
+
+def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float, free_bits: float, seed: int,
+              au_threshold: float, mi_examples: int, iw_samples: int, iw_examples: Optional[int],
+              on_batch: Optional[Callable[[int, int], None]]) -> dict:
     from vaerun.likelihoods import Gaussian
     from vaerun.metrics import active_units, aggregate_posterior_gap, bits_per_dim, iw_log_likelihood, mutual_information
 
@@ -148,11 +166,12 @@ def evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float
         logvars.append(t.logvar)
         if iw_samples > 0 and (iw_examples is None or n < iw_examples):
             take = b if iw_examples is None else min(b, iw_examples - n)
-            iw.append(iw_log_likelihood(model, x[:take], iw_samples))
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                torch.manual_seed(seed + 15013 + n)  # its own stream: the ELBO is the same with or without IW
+                iw.append(iw_log_likelihood(model, x[:take], iw_samples))
         n += b
         if on_batch is not None:
             on_batch(n, n_total)
-    model.train()
     mu, logvar = torch.cat(mus), torch.cat(logvars)  # (N, D)
     recon_m, kl_d = (recon / n).item(), (kl_dim / n).tolist()
     kl_m, dims = sum(kl_d), math.prod(data.shape)

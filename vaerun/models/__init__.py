@@ -14,7 +14,7 @@ MODELS = ("mlp", "conv", "autoregressive")
 def build_vae(name: str, data_shape: tuple[int, int, int], likelihood: Likelihood, *, latent_dim: int,
               hidden: list[int], channels: list[int], kernel: int, activation: str = "relu",
               init: str = "default", ar_layers: int = 6, ar_kernel: int = 5, ar_width: int = 64,
-              ar_cond_channels: int = 32) -> VAE:
+              ar_cond_channels: int = 32, ar_cond: str = "spatial") -> VAE:
     """Builds a VAE for images of ``data_shape`` (C, H, W). The decoder emits C·K maps for the
     likelihood's K parameters per channel. Raises ValueError when the geometry does not fit."""
     c, h, w = data_shape
@@ -30,7 +30,7 @@ def build_vae(name: str, data_shape: tuple[int, int, int], likelihood: Likelihoo
             dec = ConvDecoder(latent_dim, h, list(channels), kernel, list(hidden), out_channels, activation)
         else:
             dec = PixelCNNDecoder(latent_dim, data_shape, likelihood.params_per_channel, ar_width, ar_layers,
-                                  ar_kernel, ar_cond_channels)
+                                  ar_kernel, ar_cond_channels, ar_cond)
     else:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     vae = VAE(enc, dec, likelihood, latent_dim)

@@ -5,7 +5,10 @@ convolutions enforce it: the first layer (mask A) never sees the pixel it predic
 (mask B) see their own position from the previous layer, and at the centre tap an output channel
 group c sees input groups < c (A) or <= c (B). z enters every layer through a spatial
 conditioning map (a linear map of z to (width, H, W), then one 1x1 projection per layer) with
-gated activations, tanh(a) * sigmoid(b) (Gated PixelCNN, van den Oord et al. 2016b).
+gated activations, tanh(a) * sigmoid(b) (Gated PixelCNN, van den Oord et al. 2016b). With
+``cond="global"`` z becomes one vector broadcast over the image instead (the conditional
+PixelCNN's h): z can no longer say *where* a stroke goes, only what the image is like, so a strong
+decoder finds it easier to ignore.
 
 Decoder power is three knobs: ``layers`` (masked layers), ``kernel`` (receptive field) and
 ``width`` (channels). One layer with kernel 3 barely looks at its neighbours; eight layers of
@@ -68,14 +71,18 @@ class PixelCNNDecoder(nn.Module):
     autoregressive = True
 
     def __init__(self, latent_dim: int, data_shape: tuple[int, int, int], params_per_channel: int,
-                 width: int = 64, layers: int = 6, kernel: int = 5, cond_channels: int = 32):
+                 width: int = 64, layers: int = 6, kernel: int = 5, cond_channels: int = 32,
+                 cond: str = "spatial"):
         super().__init__()
         c, h, w = data_shape
         width = -(-width // c) * c  # a whole number of channels per data channel group
         if kernel % 2 == 0:
             raise ValueError(f"the masked kernel must be odd, not {kernel}")
         self.shape, self.k = data_shape, params_per_channel
-        self.cond_map = nn.Linear(latent_dim, cond_channels * h * w)
+        if cond not in ("spatial", "global"):
+            raise ValueError(f"cond must be spatial or global, not {cond!r}")
+        self.cond_hw = (h, w) if cond == "spatial" else (1, 1)  # (1, 1) broadcasts over the image
+        self.cond_map = nn.Linear(latent_dim, cond_channels * self.cond_hw[0] * self.cond_hw[1])
         self.cond_channels = cond_channels
         self.layers = nn.ModuleList([GatedLayer(c, width, kernel, "A", c, cond_channels)] +
                                     [GatedLayer(width, width, kernel, "B", c, cond_channels) for _ in range(layers - 1)])
@@ -87,7 +94,7 @@ class PixelCNNDecoder(nn.Module):
         if x is None:
             raise ValueError("the autoregressive decoder needs x (teacher forcing); use generate() to sample")
         c, h, w = self.shape
-        cond = self.cond_map(z).view(z.shape[0], self.cond_channels, h, w)  # (B, cond, H, W)
+        cond = self.cond_map(z).view(z.shape[0], self.cond_channels, *self.cond_hw)  # (B, cond, H|1, W|1)
         out = 2 * x - 1                                                      # (B, C, H, W) centred
         for layer in self.layers:
             out = layer(out, cond)

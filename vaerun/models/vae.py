@@ -29,11 +29,11 @@ class VAE(nn.Module):
         return self.decoder(z, x)
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
+    def generate(self, z: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Images for latent codes z (B, D): the likelihood's mean (probabilities for Bernoulli).
-        An autoregressive decoder supplies its own pixel-by-pixel ``generate``."""
+        An autoregressive decoder samples pixel by pixel instead (drawing from ``generator``)."""
         if getattr(self.decoder, "autoregressive", False):
-            return self.decoder.generate(z, self.likelihood)
+            return self.decoder.generate(z, self.likelihood, generator=generator)
         return self.likelihood.mean(self.decode(z))
 
     @torch.no_grad()
@@ -41,7 +41,7 @@ class VAE(nn.Module):
         """n prior samples z ~ N(0, I), decoded with :meth:`generate`: (n, C, H, W)."""
         device = next(self.parameters()).device
         z = torch.randn(n, self.latent_dim, generator=generator, device=device)
-        return self.generate(z)
+        return self.generate(z, generator=generator)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

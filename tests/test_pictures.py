@@ -1,0 +1,173 @@
+"""Looking inside trained runs: sample/traverse/interpolate/latents pictures for every model, the
+end-of-training pictures, and the Python API's round trip (load_run(path).model() reproduces the
+validation ELBO the run recorded)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY, compose
+from vaerun import commands, load_run, pictures
+from vaerun.runs import RunFolder
+from vaerun.session import train
+
+MODELS = {
+    "mlp": ["model=mlp"],
+    "conv": ["model=conv"],
+    "autoregressive": ["model=autoregressive", "model.ar_layers=2", "model.ar_kernel=3", "model.ar_width=8",
+                       "model.ar_cond_channels=2", "dataset.image_size=8"],
+}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def trained(request, tmp_path_factory):
+    """A tiny completed run per model (12 steps; the AR model on 8x8 images)."""
+    name = request.param
+    cfg, resolved = compose([*TINY, *MODELS[name], "max_steps=12", "model.latent_dim=5"])
+    folder = RunFolder(tmp_path_factory.mktemp(name) / "run")
+    summary = train(cfg, folder, resolved)
+    assert summary["status"] == "completed"
+    return name, folder.path
+
+
+def png_size(path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        im.verify()
+        return im.size
+
+
+def test_end_of_training_pictures(trained):
+    name, path = trained
+    folder = RunFolder(path)
+    have = folder.pictures()
+    assert "latents" in have and png_size(have["latents"])[0] > 0
+    # the traversal is on by default, except for a pixel-by-pixel decoder on the CPU
+    assert ("traverse" in have) == (name != "autoregressive")
+
+
+def test_sample_grid_sizes(trained):
+    run = load_run(trained[1])
+    gen = torch.Generator().manual_seed(0)
+    for n, rows, cols in [(10, 3, 4), (16, 4, 4), (1, 1, 1)]:
+        grid = pictures.sample_grid(run.model(), n, 0.7, gen)
+        assert (grid.rows, grid.cols) == (rows, cols)
+        assert grid.images.shape[2:] == run.data().shape
+        real = grid.images.flatten(0, 1)[:n]
+        assert real.min() >= 0 and real.max() <= 1
+    # the temperature scales z: T = 0 decodes the prior mean for every sample (non-AR decoders)
+    if trained[0] != "autoregressive":
+        flat = pictures.sample_grid(run.model(), 4, 0.0, gen).images.flatten(0, 1)
+        torch.testing.assert_close(flat[0], flat[3])
+
+
+def test_traversal_rows_follow_kl(trained):
+    run = load_run(trained[1])
+    model, data = run.model(), run.data()
+    post = pictures.posterior(model, data, "val")
+    kl = post["kl_per_dim"]
+    assert kl.shape == (5,) and post["mu"].shape == (len(data.val), 5)
+    grid = pictures.traversal(model, kl, dims="auto", steps=6, threshold=0.0, max_dims=3,
+                              generator=torch.Generator().manual_seed(0))
+    assert (grid.rows, grid.cols) == (3, 6)
+    assert grid.meta["kl"] == sorted(grid.meta["kl"], reverse=True)
+    assert all("nats" in label for label in grid.row_labels)
+    picked = pictures.traversal(model, kl, dims=[4, 0], steps=5, generator=torch.Generator().manual_seed(0))
+    assert (picked.rows, picked.cols) == (2, 5) and set(picked.meta["dims"]) == {0, 4}
+    # a threshold above every KL: nothing is informative, the top dims are shown with a warning
+    none = pictures.traversal(model, kl, dims="auto", steps=3, threshold=1e9, generator=torch.Generator())
+    assert none.rows == 3 and "no dim is informative" in none.note
+    with pytest.raises(ValueError, match="out of range"):
+        pictures.traversal(model, kl, dims=[7])
+
+
+def test_traversal_sweeps_only_its_own_dimension():
+    """With an MLP decoder, row r varies only in z_d: the middle column is the origin's image."""
+    from vaerun.likelihoods import build_likelihood
+    from vaerun.models import build_vae
+
+    torch.manual_seed(0)
+    vae = build_vae("mlp", (1, 6, 6), build_likelihood("bernoulli", 1), latent_dim=3, hidden=[8],
+                    channels=[4], kernel=4)
+    grid = pictures.traversal(vae, torch.tensor([0.5, 2.0, 1.0]), dims="auto", steps=5, threshold=0.01)
+    assert grid.meta["dims"] == [1, 2, 0]
+    centre = vae.generate(torch.zeros(1, 3))[0]
+    for r in range(3):
+        torch.testing.assert_close(grid.images[r, 2], centre)
+        assert not torch.allclose(grid.images[r, 0], grid.images[r, 4])
+
+
+def test_interpolation_grid_and_endpoints(trained):
+    run = load_run(trained[1])
+    model, data = run.model(), run.data()
+    x = data.prepare(data.val.images[:6])
+    for mode in ("linear", "slerp"):
+        grid = pictures.interpolation(model, x[:3], x[3:], steps=4, mode=mode, generator=torch.Generator())
+        assert (grid.rows, grid.cols) == (3, 6)
+        torch.testing.assert_close(grid.images[:, 0], x[:3])
+        torch.testing.assert_close(grid.images[:, -1], x[3:])
+
+
+def test_slerp_stays_on_the_arc():
+    a, b = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    path = pictures.slerp(a, b, torch.linspace(0, 1, 5))[0]          # (5, 2)
+    torch.testing.assert_close(path[0], a[0])
+    torch.testing.assert_close(path[-1], b[0])
+    angles = torch.atan2(path[:, 1], path[:, 0])
+    torch.testing.assert_close(angles, torch.linspace(0, math.pi / 2, 5))   # equal angular steps
+    torch.testing.assert_close(path.norm(dim=1), torch.full((5,), 2.0))     # on the circle, unlike lerp
+    same = pictures.slerp(a, 3 * a, torch.tensor([0.5]))[0, 0]       # parallel: falls back to linear
+    torch.testing.assert_close(same, torch.tensor([4.0, 0.0]))
+
+
+def test_latent_map(trained):
+    run = load_run(trained[1])
+    post = pictures.posterior(run.model(), run.data(), "val")
+    fig, info = pictures.latent_map_figure(post, run.data().label_names, "x", 0.01)
+    assert info["n"] == len(run.data().val) and info["sigma_hist_shape"] == [50, 5]
+    assert info["color_by"] == "x" and len(fig.axes) >= 3
+    assert info["kl_sorted"] == sorted(info["kl_sorted"], reverse=True)
+    with pytest.raises(ValueError, match="not a factor"):
+        pictures.latent_map_figure(post, run.data().label_names, "colour", 0.01)
+
+
+def test_picture_commands_write_pngs(trained, tmp_path, capsys):
+    name, path = trained
+    runs = [(commands.sample_main, ["--n", "6"], "sample.png"),
+            (commands.traverse_main, ["--steps", "3", "--max-dims", "2", "--from", "data"], "traverse.png"),
+            (commands.interpolate_main, ["--pairs", "2", "--steps", "3", "--mode", "slerp"], "interpolate.png"),
+            (commands.latents_main, [], "latents.png")]
+    for main, args, file in runs:
+        assert main([str(path), *args]) == 0
+        assert png_size(path / "pictures" / file)[0] > 50
+    out = tmp_path / "elsewhere.png"
+    assert commands.sample_main([str(path), "--n", "4", "--checkpoint", "last", "--out", str(out)]) == 0
+    assert png_size(out)[0] > 0 and f"wrote {out}" in capsys.readouterr().out
+    assert commands.traverse_main([str(path), "--checkpoint", "last", "--steps", "2"]) == 0
+    assert (path / "pictures" / "traverse_last.png").exists()
+
+
+def test_picture_command_errors_name_the_fix(trained, capsys):
+    path = str(trained[1])
+    assert commands.guarded(commands.traverse_main, [path, "--dims", "0,9"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert commands.guarded(commands.interpolate_main, [path, "--pairs", "500"]) == 2
+    assert "--pairs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        commands.sample_main([path, "--n", "0"])
+
+
+def test_round_trip_reproduces_the_recorded_val_elbo(trained):
+    """load_run(path).model() is the best checkpoint; evaluating it like training did gives the
+    validation ELBO recorded in metrics.jsonl (same data, same seed)."""
+    run = load_run(trained[1])
+    best = run.summary["best_val"]
+    recorded = [r for r in run.metrics if r["split"] == "val" and r["step"] == best["step"]][-1]
+    res = run.evaluate()
+    assert res["elbo"] == pytest.approx(recorded["elbo"], rel=1e-6, abs=1e-5)
+    assert res["kl_per_dim"] == pytest.approx(recorded["kl_per_dim"], rel=1e-5, abs=1e-6)
+    assert run.model().training is False
+    last = [r for r in run.metrics if r["split"] == "val"][-1]
+    assert run.evaluate(checkpoint="last")["elbo"] == pytest.approx(last["elbo"], rel=1e-6, abs=1e-5)
