@@ -55,6 +55,7 @@ def test_compare_a_beta_sweep(beta_sweep):
     assert {"0.5", "1.0", "2.0"} <= set(parser.cells)                       # all 3 runs in the table
     alts = [img["alt"] for img in parser.images]
     assert "rate-distortion" in alts and alts.count("samples") == 3
+    assert alts.count("traverse") == 3 and alts.count("latents") == 3          # end-of-training pictures
     assert all(img["src"].startswith("data:image/png;base64,") for img in parser.images)  # self-contained
     md = (beta_sweep / "report.md").read_text()
     assert "report_files/rate_distortion.png" in md and (beta_sweep / "report_files" / "rate_distortion.png").exists()

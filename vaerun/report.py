@@ -47,7 +47,8 @@ def load(paths: list[str]) -> list[dict]:
         if status == "running" and summary.get("ended") is None:
             status = "incomplete"  # killed, or still training
         runs.append({"path": str(folder.path), "config": config, "summary": summary, "records": records,
-                     "final": final, "status": status, "samples": [str(p) for p in folder.grids("samples")[-1:]]})
+                     "final": final, "status": status, "samples": [str(p) for p in folder.grids("samples")[-1:]],
+                     "pictures": {k: str(p) for k, p in folder.pictures().items()}})
     return runs
 
 
@@ -200,12 +201,18 @@ def write_reports(runs: list[dict], table: list[dict], out: Path) -> tuple[Path,
     for name, fig in figs.items():
         fig.savefig(files / name, dpi=110, bbox_inches="tight")
         plt.close(fig)
-    samples = []
+    samples, pics = [], {"traverse": [], "latents": []}
     for i, r in enumerate(runs):
         if r["samples"]:
             dst = files / f"samples_{i}.png"
             dst.write_bytes(Path(r["samples"][0]).read_bytes())
             samples.append((_label(r, keys), dst))
+        for kind, found in pics.items():
+            if kind in r.get("pictures", {}):
+                dst = files / f"{kind}_{i}.png"
+                dst.write_bytes(Path(r["pictures"][kind]).read_bytes())
+                found.append((_label(r, keys), dst))
+    titles = {"traverse": "Latent traversals", "latents": "Latent maps"}
     cols, cells = table_cells(table, keys)
     diffs = [(r["path"], {k: r["config"].get(k) for k in keys}) for r in runs]
     md = ["# vaerun compare", "", f"{len(runs)} runs; config keys that differ: {', '.join(keys) or 'none'}.", "",
@@ -215,6 +222,9 @@ def write_reports(runs: list[dict], table: list[dict], out: Path) -> tuple[Path,
            "## Curves", "", "![curves](report_files/curves.png)", "", "## KL per dimension", "",
            "![kl per dim](report_files/kl_per_dim.png)", "", "## Samples", ""]
     md += [f"**{lab}**  \n![samples]({p.relative_to(out)})" for lab, p in samples]
+    for kind, found in pics.items():
+        if found:
+            md += ["", f"## {titles[kind]}", ""] + [f"**{lab}**  \n![{kind}]({p.relative_to(out)})" for lab, p in found]
     md += ["", "## Config differences", ""] + [f"- `{p}`: {d}" for p, d in diffs]
     md_path = out / "report.md"
     md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
@@ -231,6 +241,9 @@ def write_reports(runs: list[dict], table: list[dict], out: Path) -> tuple[Path,
             "<h2>KL per dimension</h2>", img(files / "kl_per_dim.png", "kl per dim"), "<h2>Samples</h2>",
             "<div class=grid>" + "".join(f"<figure>{img(p, 'samples')}<figcaption>{html.escape(lab)}</figcaption>"
                                          f"</figure>" for lab, p in samples) + "</div>",
+            *[f"<h2>{titles[kind]}</h2><div class=grid>" + "".join(
+                f"<figure>{img(p, kind)}<figcaption>{html.escape(lab)}</figcaption></figure>" for lab, p in found)
+              + "</div>" for kind, found in pics.items() if found],
             "<h2>Config differences</h2><ul>" + "".join(f"<li><code>{html.escape(p)}</code>: {html.escape(str(d))}</li>"
                                                       for p, d in diffs) + "</ul>"]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>vaerun compare</title><style>"

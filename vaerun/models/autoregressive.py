@@ -90,25 +90,46 @@ class PixelCNNDecoder(nn.Module):
         self.head = nn.Sequential(nn.ReLU(), MaskedConv2d(width, c * params_per_channel, 1, "B", c,
                                                           out_groups=out_groups))
 
+    @property
+    def reach(self) -> int:
+        """Rows above a pixel that its prediction can see: kernel // 2 per masked layer."""
+        return sum(layer.conv.kernel_size[0] // 2 for layer in self.layers)
+
+    def condition(self, z: torch.Tensor) -> torch.Tensor:
+        """The z conditioning map (B, cond, H, W), or (B, cond, 1, 1) for global conditioning."""
+        return self.cond_map(z).view(z.shape[0], self.cond_channels, *self.cond_hw)
+
+    def run(self, cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The masked stack on x (B, C, h, W) with its conditioning map (rows matching x, or 1x1)."""
+        out = 2 * x - 1                                                      # (B, C, h, W) centred
+        for layer in self.layers:
+            out = layer(out, cond)
+        return self.head(out)                                                # (B, C·K, h, W)
+
     def forward(self, z: torch.Tensor, x: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x is None:
             raise ValueError("the autoregressive decoder needs x (teacher forcing); use generate() to sample")
-        c, h, w = self.shape
-        cond = self.cond_map(z).view(z.shape[0], self.cond_channels, *self.cond_hw)  # (B, cond, H|1, W|1)
-        out = 2 * x - 1                                                      # (B, C, H, W) centred
-        for layer in self.layers:
-            out = layer(out, cond)
-        return self.head(out)                                                # (B, C·K, H, W)
+        return self.run(self.condition(z), x)
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor, likelihood, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def generate(self, z: torch.Tensor, likelihood, generator: Optional[torch.Generator] = None,
+                 crop: bool = True) -> torch.Tensor:
         """x ~ p(x|z), pixel by pixel and channel by channel, for the whole batch at once: one
-        network pass per (row, column, channel), never a loop over examples."""
+        network pass per (row, column, channel), never a loop over examples.
+
+        ``crop``: row i's predictions see only rows i − reach .. i (masked convolutions never look
+        down, and each layer looks ``kernel // 2`` rows up), so each pass runs on that band of rows
+        instead of the whole image: the same numbers, 2-3x less work on 28x28 images."""
         c, h, w = self.shape
         x = torch.zeros(z.shape[0], c, h, w, device=z.device)
+        cond, reach = self.condition(z), self.reach
         for i in range(h):
+            lo = max(0, i - reach) if crop else 0
+            hi = i + 1 if crop else h
+            band_cond = cond[:, :, lo:hi] if cond.shape[2] > 1 else cond
             for j in range(w):
                 for ch in range(c):
-                    sample = likelihood.sample(self(z, x), generator=generator)  # (B, C, H, W)
-                    x[:, ch, i, j] = sample[:, ch, i, j].clamp(0, 1)
+                    params = self.run(band_cond, x[:, :, lo:hi])[:, :, i - lo, j, None, None]  # (B, C·K, 1, 1)
+                    sample = likelihood.sample(params, generator=generator)                  # (B, C, 1, 1)
+                    x[:, ch, i, j] = sample[:, ch, 0, 0].clamp(0, 1)
         return x
