@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP   := $(VENV)/.installed
 
-.PHONY: install train test test-all clean
+.PHONY: install train test test-all bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "" $(ARGS)
+
+# Speed benchmarks on MNIST (../shared/data, or DATA=...): prints a table, writes
+# benchmarks/results.json and docs/performance.md. About 10 minutes on 2 CPU cores.
+DATA ?= ../shared/data
+bench: install
+	$(BIN)/python benchmarks/bench.py --data $(DATA) $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info vaerun.egg-info .pytest_cache

@@ -1,6 +1,7 @@
 """Runs the five posterior-collapse presets and writes the study table.
 
     python3 benchmarks/collapse_study.py DATA_ROOT OUT_DIR [extra overrides...]
+    PRESETS=ar_beta1 python3 benchmarks/collapse_study.py ...   # rerun some presets; the other rows are kept
 
 For each preset: final validation ELBO, KL (total, and min/median/max per dim), the number of
 latent dims above 0.01 nats, active units, and the "decoder ignores z" shuffle test from the run's
@@ -11,6 +12,7 @@ latent map to OUT_DIR/<preset>_samples.png and OUT_DIR/<preset>_latents.png.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -44,8 +46,19 @@ def kl_figure(curves: dict):
 def main() -> int:
     root, out, extra = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
     out.mkdir(parents=True, exist_ok=True)
+    only = [p for p in os.environ.get("PRESETS", "").split(",") if p]
+    old = {}
+    if only and (out / "collapse_study.json").exists():
+        old = {r["preset"]: r for r in json.loads((out / "collapse_study.json").read_text())}
     rows, curves = [], {}
     for name in PRESETS:
+        if only and name not in only:
+            if name in old:
+                rows.append(old[name])
+                run = next((out / "runs" / name).rglob("summary.json")).parent
+                curves[name] = [(r["step"], r["kl"]) for r in RunFolder(run).read_metrics("val")]
+            continue
+        shutil.rmtree(out / "runs" / name, ignore_errors=True)
         t = time.time()
         proc = subprocess.run([sys.executable, "-m", "vaerun.cli", "train", f"experiment=collapse/{name}",
                                f"dataset.root={root}", f"out_dir={out}/runs/{name}", "progress=log", *extra],

@@ -127,3 +127,66 @@ def test_training_loss_is_recon_plus_beta_kl():
               mu=torch.zeros(2, 2), logvar=torch.zeros(2, 2))
     assert training_loss(t, beta=0.5, free_bits=0.0).item() == pytest.approx(15.0 + 0.5 * 5.0)
     torch.testing.assert_close(t.elbo, torch.tensor([-13.0, -27.0]))
+
+
+# ---------------------------------------------------------------- continuous Bernoulli, discretized logistic
+def test_continuous_bernoulli_against_torch_distributions_and_quadrature():
+    from vaerun.likelihoods import ContinuousBernoulli
+
+    cb = ContinuousBernoulli()
+    eta = torch.tensor([-9.0, -5.0, -1.0, -0.02, -0.004, 0.0, 0.003, 0.5, 3.0, 9.0], dtype=torch.float64)
+    x = torch.rand(10, dtype=torch.float64)
+    ref = torch.distributions.ContinuousBernoulli(logits=eta)
+    params, xx = eta.view(1, 10, 1, 1), x.view(1, 10, 1, 1)
+    torch.testing.assert_close(cb.log_prob(params, xx), ref.log_prob(x).sum().view(1), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(cb.mean(params).flatten(), ref.mean, rtol=1e-9, atol=1e-9)
+    # the normaliser by quadrature, also where torch's probs clamp would bite (|η| = 30)
+    grid = torch.linspace(0, 1, 400001, dtype=torch.float64)
+    for e in (-30.0, -0.005, 0.7, 30.0):
+        kernel = torch.exp(grid * e - torch.nn.functional.softplus(torch.tensor(e, dtype=torch.float64)))
+        z = torch.trapezoid(kernel, grid)
+        assert float(cb.log_norm(torch.tensor(e, dtype=torch.float64))) == pytest.approx(-math.log(z), abs=1e-6)
+    # float32 near η = 0 (the closed form cancels there): finite and continuous
+    near = torch.tensor([-1e-3, -1e-6, 0.0, 1e-6, 1e-3])
+    assert torch.isfinite(cb.log_norm(near)).all() and (cb.log_norm(near) - math.log(2)).abs().max() < 1e-6
+    # samples by inverse CDF: their mean matches, for moderate and extreme η
+    g = torch.Generator().manual_seed(0)
+    for e in (-40.0, -2.0, 0.0, 2.0, 40.0):
+        p = torch.full((1, 1, 400, 500), e, dtype=torch.float64)
+        s = cb.sample(p, generator=g)
+        assert s.min() >= 0 and s.max() <= 1
+        assert float(s.mean()) == pytest.approx(float(cb.mean(p[:, :, :1, :1])), abs=3e-3)
+
+
+@pytest.mark.parametrize("mixtures", [1, 4])
+def test_discretized_logistic_is_a_mass_on_256_levels(mixtures):
+    from vaerun.likelihoods import DiscretizedLogistic
+
+    torch.manual_seed(mixtures)
+    lik = DiscretizedLogistic(1, mixtures=mixtures)
+    params = torch.randn(5, 3 * mixtures, 1, 1, dtype=torch.float64) * 2
+    params[:, 2 * mixtures:] -= 2.5                                      # some sharp components
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    probs = torch.stack([lik.log_prob(params, torch.full((5, 1, 1, 1), float(v), dtype=torch.float64))
+                         for v in levels]).exp()                         # (256, 5)
+    torch.testing.assert_close(probs.sum(0), torch.ones(5, dtype=torch.float64), rtol=1e-6, atol=1e-6)
+    # independent: Σ_k π_k (F(upper) − F(lower)) with the tails in the edge bins
+    k = mixtures
+    pi = torch.softmax(params[:, :k, 0, 0], 1)
+    mu, s = torch.tanh(params[:, k:2 * k, 0, 0]), params[:, 2 * k:, 0, 0].clamp(min=-7).exp()
+    for i in (0, 1, 77, 128, 254, 255):
+        xs = 2 * float(levels[i]) - 1
+        upper = torch.tensor(math.inf if i == 255 else xs + 1 / 255, dtype=torch.float64)
+        lower = torch.tensor(-math.inf if i == 0 else xs - 1 / 255, dtype=torch.float64)
+        want = (pi * (torch.sigmoid((upper - mu) / s) - torch.sigmoid((lower - mu) / s))).sum(1)
+        torch.testing.assert_close(probs[i], want, rtol=1e-4, atol=1e-6)
+    # samples land on the 256 levels, and the mean is the mixture mean
+    x = lik.sample(params[:1].expand(1, -1, 300, 300).contiguous(), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(x * 255, (x * 255).round()) and x.min() >= 0 and x.max() <= 1
+    assert float(x.mean()) == pytest.approx(float(lik.mean(params[:1])), abs=0.01)
+    # 3 channels are independent mixtures in the channel-major layout
+    rgb = DiscretizedLogistic(3, mixtures=mixtures)
+    p3 = torch.randn(2, 9 * mixtures, 4, 4, dtype=torch.float64)
+    x3 = torch.randint(0, 256, (2, 3, 4, 4)).double() / 255
+    split = sum(lik.log_prob(p3[:, c * 3 * k:(c + 1) * 3 * k], x3[:, c:c + 1]) for c in range(3))
+    torch.testing.assert_close(rgb.log_prob(p3, x3), split)

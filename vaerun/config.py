@@ -56,6 +56,8 @@ class Init(Enum):
 class LikelihoodName(Enum):
     bernoulli = "bernoulli"
     gaussian = "gaussian"
+    continuous_bernoulli = "continuous_bernoulli"
+    logistic = "logistic"
 
 
 # σ of the Gaussian likelihood: none = fixed at `sigma`; global = one learned σ; channel = one
@@ -155,6 +157,7 @@ class LikelihoodConfig:
     learn_sigma: LearnSigma = LearnSigma.none
     min_log_sigma: float = -6.0        # gaussian: log σ is clamped to [min, max]
     max_log_sigma: float = 2.0
+    mixtures: int = 1                  # logistic: mixture components per channel (1 = one discretized logistic)
 
 
 @dataclass
@@ -318,6 +321,8 @@ def validate(cfg: TrainConfig) -> None:
            "use e.g. model.ar_cond_channels=32")
     # likelihood
     _check(lk.sigma > 0, "likelihood.sigma", lk.sigma, "σ must be positive", "use e.g. likelihood.sigma=0.1")
+    _check(lk.mixtures >= 1, "likelihood.mixtures", lk.mixtures, "needs at least one component",
+           "use e.g. likelihood.mixtures=5")
     _check(lk.min_log_sigma < lk.max_log_sigma, "likelihood.min_log_sigma", lk.min_log_sigma,
            f"must be below likelihood.max_log_sigma={lk.max_log_sigma}", "use e.g. likelihood.min_log_sigma=-6")
     # schedule

@@ -26,6 +26,7 @@ class Likelihood(nn.Module):
     """Base class; subclasses may own learned parameters (e.g. a global σ)."""
 
     params_per_channel: int = 1
+    continuous: bool = False  # a density on [0, 1] (bits/dim then convert to the 256 levels), not a mass
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # (B,) nats
         raise NotImplementedError
@@ -57,6 +58,8 @@ class Bernoulli(Likelihood):
 class Gaussian(Likelihood):
     """p(x|z) = Π Normal(x_i; μ_i, σ²), σ fixed, learned (global or per channel), or predicted
     per pixel by the decoder. log σ is clamped to [min_log_sigma, max_log_sigma]."""
+
+    continuous = True
 
     def __init__(self, channels: int, sigma: float = 0.1, learn_sigma: str = "none",
                  min_log_sigma: float = -6.0, max_log_sigma: float = 2.0):
@@ -99,13 +102,116 @@ class Gaussian(Likelihood):
         return self.log_sigma.detach().clamp(self.min_log_sigma, self.max_log_sigma).exp()
 
 
-LIKELIHOODS = {"bernoulli": Bernoulli, "gaussian": Gaussian}
+class ContinuousBernoulli(Likelihood):
+    """p(x|λ) = C(λ) λ^x (1−λ)^(1−x) on x ∈ [0, 1] (Loaiza-Ganem & Cunningham 2019): the
+    Bernoulli's kernel made a proper density on grey levels by its normalising constant. With the
+    decoder's logit η (λ = sigmoid(η)): C = η / tanh(η/2) (2 at η = 0), mean 1/(1 − e^−η) − 1/η,
+    CDF (e^{ηx} − 1)/(e^η − 1). Near η = 0 the closed forms cancel, so Taylor series take over. A
+    density on [0, 1]: bits/dim use the 256-level conversion, like the Gaussian."""
+
+    params_per_channel = 1
+    continuous = True
+    _NEAR = 1e-2  # |η| below this: Taylor series (error ~η⁶)
+
+    @classmethod
+    def log_norm(cls, eta: torch.Tensor) -> torch.Tensor:
+        """log C(λ) for λ = sigmoid(η)."""
+        near = eta.abs() < cls._NEAR
+        safe = torch.where(near, torch.ones_like(eta), eta)
+        far = torch.log(safe.abs()) - torch.log(torch.tanh(safe / 2).abs())
+        t = eta.square()
+        return torch.where(near, math.log(2.0) + torch.log1p(t / 12 - t.square() / 720), far)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        lp = x * params - F.softplus(params) + self.log_norm(params)      # (B, C, H, W)
+        return lp.flatten(1).sum(1)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        near = params.abs() < self._NEAR
+        safe = torch.where(near, torch.ones_like(params), params)
+        far = -1 / torch.expm1(-safe) - 1 / safe
+        return torch.where(near, 0.5 + params / 12 - params ** 3 / 720, far)
+
+    def sample(self, params: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Inverse CDF, stable for large |η|: x = 1 + log(u + (1 − u)e^−η)/η for η > 0,
+        log1p(u·(e^η − 1))/η for η < 0, u near η = 0."""
+        u = torch.rand(params.shape, generator=generator, device=params.device, dtype=params.dtype)
+        near = params.abs() < 1e-4
+        safe = torch.where(near, torch.ones_like(params), params)
+        pos = 1 + torch.log(u + (1 - u) * torch.exp(-safe.clamp(min=0))) / safe
+        neg = torch.log1p(u * torch.expm1(safe.clamp(max=0))) / safe
+        return torch.where(near, u, torch.where(safe > 0, pos, neg)).clamp(0, 1)
+
+
+class DiscretizedLogistic(Likelihood):
+    """A mixture of ``mixtures`` logistics per channel, discretized to the 256 levels of 8-bit
+    images (PixelCNN++, Salimans et al. 2017; VDVAE): P(x) = Σ_k π_k [F((x' + ½w − μ_k)/s_k) −
+    F((x' − ½w − μ_k)/s_k)] with x' = 2x − 1 ∈ [−1, 1], bin width w = 2/255, F the logistic CDF,
+    and the two edge bins taking the tails. A probability mass, so its nats are an honest discrete
+    NLL and bits/dim need no conversion. Parameters per channel: K mixture logits, K means,
+    K log-scales (channel-major like every likelihood here)."""
+
+    continuous = False
+
+    def __init__(self, channels: int, mixtures: int = 1, min_log_scale: float = -7.0):
+        super().__init__()
+        if mixtures < 1:
+            raise ValueError(f"mixtures must be >= 1, not {mixtures}")
+        self.mixtures, self.min_log_scale = mixtures, min_log_scale
+        self.params_per_channel = 3 * mixtures
+
+    def _split(self, params: torch.Tensor):
+        p = _per_channel(params, self.params_per_channel)               # (B, C, 3K, H, W)
+        k = self.mixtures
+        logit_pi, mu, log_s = p[:, :, :k], torch.tanh(p[:, :, k:2 * k]), p[:, :, 2 * k:].clamp(min=self.min_log_scale)
+        return logit_pi, mu, log_s                                      # each (B, C, K, H, W)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        logit_pi, mu, log_s = self._split(params)
+        xs = (2 * x - 1).unsqueeze(2)                                   # (B, C, 1, H, W)
+        centred, inv_s = xs - mu, torch.exp(-log_s)
+        plus, minus = inv_s * (centred + 1 / 255), inv_s * (centred - 1 / 255)
+        log_cdf_plus = plus - F.softplus(plus)                          # log F(plus)
+        log_one_minus_cdf_min = -F.softplus(minus)                      # log (1 − F(minus))
+        cdf_delta = torch.sigmoid(plus) - torch.sigmoid(minus)
+        mid = inv_s * centred                                           # the bin's density approximation
+        log_pdf_mid = mid - log_s - 2 * F.softplus(mid) - math.log(127.5)
+        log_delta = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_pdf_mid)
+        log_bin = torch.where(xs < -0.999, log_cdf_plus, torch.where(xs > 0.999, log_one_minus_cdf_min, log_delta))
+        lp = torch.logsumexp(log_bin + F.log_softmax(logit_pi, dim=2), dim=2)   # (B, C, H, W)
+        return lp.flatten(1).sum(1)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """The mixture's mean with each logistic clamped to [−1, 1] (the edge bins take the tails):
+        E[clamp(X, −1, 1)] = −1 + s·(softplus((μ + 1)/s) − softplus((μ − 1)/s)), mapped to [0, 1]."""
+        logit_pi, mu, log_s = self._split(params)
+        s = log_s.exp()
+        clamped = -1 + s * (F.softplus((mu + 1) / s) - F.softplus((mu - 1) / s))    # (B, C, K, H, W)
+        return ((torch.softmax(logit_pi, dim=2) * clamped).sum(2) + 1) / 2
+
+    def sample(self, params: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        logit_pi, mu, log_s = self._split(params)
+        b, c, k, h, w = mu.shape
+        probs = torch.softmax(logit_pi, dim=2).permute(0, 1, 3, 4, 2).reshape(-1, k)
+        pick = torch.multinomial(probs, 1, generator=generator).view(b, c, h, w, 1).permute(0, 1, 4, 2, 3)
+        m, s = mu.gather(2, pick).squeeze(2), log_s.gather(2, pick).squeeze(2).exp()
+        u = torch.rand(m.shape, generator=generator, device=m.device, dtype=m.dtype).clamp(1e-5, 1 - 1e-5)
+        xs = (m + s * (torch.log(u) - torch.log1p(-u))).clamp(-1, 1)     # logistic inverse CDF
+        return torch.round((xs + 1) / 2 * 255) / 255                     # onto the 256 levels
+
+
+LIKELIHOODS = {"bernoulli": Bernoulli, "gaussian": Gaussian, "continuous_bernoulli": ContinuousBernoulli,
+               "logistic": DiscretizedLogistic}
 
 
 def build_likelihood(name: str, channels: int, **kwargs) -> Likelihood:
-    """Registry lookup; ``kwargs`` go to the class (Bernoulli takes none)."""
+    """Registry lookup; each class takes only the ``kwargs`` it uses (sigma/learn_sigma/... for
+    the Gaussian, mixtures for the logistic)."""
     if name not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}")
-    if name == "bernoulli":
-        return Bernoulli()
-    return LIKELIHOODS[name](channels, **kwargs)
+    if name in ("bernoulli", "continuous_bernoulli"):
+        return LIKELIHOODS[name]()
+    if name == "logistic":
+        return DiscretizedLogistic(channels, mixtures=kwargs.get("mixtures", 1))
+    kwargs.pop("mixtures", None)
+    return Gaussian(channels, **kwargs)

@@ -65,7 +65,7 @@ def build_data(cfg: TrainConfig, warn: bool = True) -> Data:
     if warn and cfg.likelihood.name.value == "bernoulli" and not data.is_binary():
         log.warning("Bernoulli likelihood on non-binary data (%s has grey levels): recon is then a cross-entropy, "
                     "not a log-likelihood of the data. For honest nats use dataset.binarize=dynamic, or "
-                    "likelihood=gaussian.", data.name)
+                    "likelihood=logistic (or continuous_bernoulli, gaussian).", data.name)
     return data
 
 
@@ -73,7 +73,8 @@ def build_model(cfg: TrainConfig, data_shape: tuple[int, int, int]) -> VAE:
     """The VAE of ``cfg`` for data of ``data_shape`` (C, H, W), on the CPU."""
     m, lk = cfg.model, cfg.likelihood
     likelihood = build_likelihood(lk.name.value, data_shape[0], sigma=lk.sigma, learn_sigma=lk.learn_sigma.value,
-                                  min_log_sigma=lk.min_log_sigma, max_log_sigma=lk.max_log_sigma)
+                                  min_log_sigma=lk.min_log_sigma, max_log_sigma=lk.max_log_sigma,
+                                  mixtures=lk.mixtures)
     try:
         return build_vae(m.name.value, data_shape, likelihood, latent_dim=m.latent_dim, hidden=list(m.hidden),
                          channels=list(m.channels), kernel=m.kernel, activation=m.activation.value, init=m.init.value,
@@ -150,7 +151,6 @@ def evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float
 def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float, free_bits: float, seed: int,
               au_threshold: float, mi_examples: int, iw_samples: int, iw_examples: Optional[int],
               on_batch: Optional[Callable[[int, int], None]]) -> dict:
-    from vaerun.likelihoods import Gaussian
     from vaerun.metrics import active_units, aggregate_posterior_gap, bits_per_dim, iw_log_likelihood, mutual_information
 
     model.eval()
@@ -175,7 +175,7 @@ def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: floa
     mu, logvar = torch.cat(mus), torch.cat(logvars)  # (N, D)
     recon_m, kl_d = (recon / n).item(), (kl_dim / n).tolist()
     kl_m, dims = sum(kl_d), math.prod(data.shape)
-    continuous = isinstance(model.likelihood, Gaussian)
+    continuous = model.likelihood.continuous  # a density on [0, 1] (Gaussian, continuous Bernoulli), not a mass
     au, au_var = active_units(mu, au_threshold)
     out = {"loss": recon_m + beta * (penalty / n).item(), "recon": recon_m, "kl": kl_m, "elbo": -(recon_m + kl_m),
            "kl_per_dim": kl_d, "n": n, "active_units": au, "au_variance": au_var,
