@@ -198,6 +198,15 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class CapacityConfig:
+    """Capacity annealing (Burgess et al. 2018): the KL term becomes β·γ·|KL − C(step)|."""
+    gamma: float = 0.0                 # γ; 0 = off (the paper uses 1000 on dSprites)
+    c_max: float = 25.0                # C rises linearly from 0 to c_max nats ...
+    steps: int = 10000                 # ... over this many steps ...
+    delay_steps: int = 0               # ... after this many
+
+
+@dataclass
 class PicturesConfig:
     """End-of-training pictures in pictures/ (the same as `vaerun traverse` / `vaerun latents`)."""
     traverse: Optional[bool] = None    # null = on, except for an autoregressive decoder on the CPU (pixel-by-pixel)
@@ -216,6 +225,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = MISSING
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     pictures: PicturesConfig = field(default_factory=PicturesConfig)
+    capacity: CapacityConfig = field(default_factory=CapacityConfig)
     beta: float = 1.0                  # target β of every schedule
     free_bits: float = 0.0             # λ nats per latent dim (Kingma et al. 2016); 0 = off
     epochs: int = 12
@@ -287,6 +297,11 @@ def validate(cfg: TrainConfig) -> None:
     _check(dg.iw_samples >= 0, "diagnostics.iw_samples", dg.iw_samples, "must be >= 0 (0 = off)", "use e.g. 50")
     _check(dg.iw_examples > 0, "diagnostics.iw_examples", dg.iw_examples, "must be positive", "use e.g. 256")
     _check(cfg.num_samples > 0, "num_samples", cfg.num_samples, "must be positive", "use e.g. num_samples=64")
+    cap = cfg.capacity
+    _check(cap.gamma >= 0, "capacity.gamma", cap.gamma, "must be >= 0 (0 = off)", "use e.g. capacity.gamma=100")
+    _check(cap.c_max >= 0, "capacity.c_max", cap.c_max, "is a KL in nats and must be >= 0", "use e.g. capacity.c_max=25")
+    _check(cap.steps >= 1, "capacity.steps", cap.steps, "must be at least 1", "use e.g. capacity.steps=10000")
+    _check(cap.delay_steps >= 0, "capacity.delay_steps", cap.delay_steps, "must be >= 0", "use capacity.delay_steps=0")
     pc = cfg.pictures
     _check(pc.traverse_steps > 0, "pictures.traverse_steps", pc.traverse_steps, "must be positive",
            "use e.g. pictures.traverse_steps=9")

@@ -232,7 +232,8 @@ class Trainer:
         cfg, p = self.cfg, self.parts
         x = p.data.prepare(xb, self.rngs.binarize)
         beta = p.schedule(self.state.step)
-        loss, terms, gnorm, ok = train_step(p.model, p.optimizer, x, beta, cfg.free_bits, cfg.optimizer.grad_clip)
+        loss, terms, gnorm, ok = train_step(p.model, p.optimizer, x, beta, cfg.free_bits, cfg.optimizer.grad_clip,
+                                            p.capacity_at(self.state.step))
         if not ok:
             return self._non_finite(loss, terms, gnorm)
         self.consecutive_skips = 0
@@ -262,6 +263,9 @@ class Trainer:
                "grad_norm": gnorm.item(), "examples_per_sec": self.seen / max(now - self.t_log, 1e-9),
                "time": now - self.t0}
         rec["elbo"] = -(rec["recon"] + rec["kl"])
+        cap = self.parts.capacity_at(s.step - 1)
+        if cap is not None:
+            rec["capacity"] = cap[1]  # C (nats) the KL is pulled towards at the last step
         self.run.append_metrics(rec)
         self.reporter.train(rec)
         _log_tb(self.writer, "train", rec)

@@ -7,6 +7,7 @@ loss is *not* the ELBO: the ELBO is always −(recon + KL) at β = 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -58,6 +59,16 @@ def kl_penalty(kl_per_dim: torch.Tensor, free_bits: float) -> torch.Tensor:
     return torch.clamp(per_dim, min=free_bits).sum()
 
 
-def training_loss(terms: Terms, beta: float, free_bits: float) -> torch.Tensor:
-    """recon + β·KL (with free bits), averaged over the batch: the quantity that is minimised."""
-    return terms.recon.mean() + beta * kl_penalty(terms.kl_per_dim, free_bits)
+def training_loss(terms: Terms, beta: float, free_bits: float, capacity: Optional[tuple[float, float]] = None
+                  ) -> torch.Tensor:
+    """recon + β·KL (with free bits), averaged over the batch: the quantity that is minimised.
+
+    ``capacity = (γ, C)``: capacity annealing (Burgess et al. 2018, "Understanding disentangling
+    in β-VAE", eq. 8): the KL term becomes β·γ·|KL − C|, pulling the KL towards the capacity C
+    nats (raised over training) instead of towards zero. With β = 1 it is exactly the paper's
+    recon + γ|KL − C|; a β schedule and free bits still apply (KL is the free-bits penalty)."""
+    penalty = kl_penalty(terms.kl_per_dim, free_bits)
+    if capacity is not None:
+        gamma, c = capacity
+        penalty = gamma * (penalty - c).abs()
+    return terms.recon.mean() + beta * penalty

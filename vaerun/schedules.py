@@ -72,6 +72,19 @@ class Cyclical:
         return self.beta_start + (self.beta - self.beta_start) * min(tau / self.ratio, 1.0)
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """The capacity C(step) of capacity annealing (Burgess et al. 2018): 0 for delay_steps, then
+    linear to c_max over steps, then c_max."""
+
+    c_max: float = 25.0
+    steps: int = 10000
+    delay_steps: int = 0
+
+    def __call__(self, step: int) -> float:
+        return self.c_max * _ramp(step, self.delay_steps, self.steps)
+
+
 SCHEDULES = {"constant": Constant, "linear": Linear, "sigmoid": Sigmoid, "cyclical": Cyclical}
 
 

@@ -20,7 +20,7 @@ from vaerun.likelihoods import build_likelihood
 from vaerun.models import VAE, build_vae
 from vaerun.objectives import elbo_terms, kl_penalty, training_loss
 from vaerun.optim import build_lr_scheduler, build_optimizer
-from vaerun.schedules import build_schedule
+from vaerun.schedules import Capacity, build_schedule
 
 log = logging.getLogger("vaerun")
 
@@ -35,6 +35,12 @@ class Parts:
     device: torch.device
     steps_per_epoch: int
     total_steps: int
+    capacity: Optional[Callable[[int], float]] = None  # C(step) of capacity annealing, when on
+    capacity_gamma: float = 0.0
+
+    def capacity_at(self, step: int) -> Optional[tuple[float, float]]:
+        """(γ, C(step)) for training_loss, or None when capacity annealing is off."""
+        return None if self.capacity is None else (self.capacity_gamma, self.capacity(step))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,19 +109,32 @@ def build(cfg: TrainConfig) -> Parts:
                                 betas=tuple(o.betas), eps=o.eps, momentum=o.momentum)
     lr_scheduler = build_lr_scheduler(optimizer, o.lr_scheduler.value, total_steps=total, step_size=o.lr_step_size,
                                       gamma=o.lr_gamma, patience=o.lr_patience, lr_min=o.lr_min)
-    return Parts(data, model, optimizer, lr_scheduler, schedule, device, steps_per_epoch, total)
+    cap = cfg.capacity
+    capacity = Capacity(cap.c_max, cap.steps, cap.delay_steps) if cap.gamma > 0 else None
+    return Parts(data, model, optimizer, lr_scheduler, schedule, device, steps_per_epoch, total, capacity, cap.gamma)
+
+
+def total_grad_norm(params) -> torch.Tensor:
+    """The global L2 norm of the gradients, as a 0-d tensor (no host sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, beta: float, free_bits: float,
-               grad_clip: float):
+               grad_clip: float, capacity: Optional[tuple[float, float]] = None):
     """One optimizer step on batch x. Returns (loss, terms, grad_norm, ok): the global gradient
     norm before clipping, and whether loss and gradients were finite. A non-finite step is never
     taken (the one host sync per step buys that guarantee)."""
     terms = elbo_terms(model, x)
-    loss = training_loss(terms, beta, free_bits)
+    loss = training_loss(terms, beta, free_bits, capacity)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+    if grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    else:  # the norm only (for the log and the finiteness guard), without clipping's extra pass
+        grad_norm = total_grad_norm(model.parameters())
     ok = bool(torch.isfinite(loss.detach() + grad_norm))
     if ok:
         optimizer.step()
