@@ -72,6 +72,9 @@ def eval_main(argv: list[str]) -> int:
                               ("active_units", res["active_units"], f"of {d} dims"), ("mi", res["mi"], "nats"),
                               ("aggregate_kl", res["aggregate_kl"], "nats")]:
         table.add_row(name, f"{value:.3f}" if isinstance(value, float) else str(value), unit)
+    if res.get("mig") is not None:
+        per = ", ".join(f"{k} {v:.2f}" for k, v in res["mig_per_factor"].items())
+        table.add_row("mig", f"{res['mig']:.3f}", f"0..1, mutual information gap ({per})")
     _console().print(table)
     print(f"wrote {run.folder.path / 'eval.json'} ({res['seconds']:.1f}s)")
     return 0
@@ -170,7 +173,7 @@ def compare_main(argv: list[str]) -> int:
         cols, cells = report.table_cells(table, keys)
         t = Table(title=f"{len(runs)} runs · differing keys: {', '.join(keys) or 'none'}")
         for c in cols:
-            t.add_column(c, justify="right" if c in report.METRICS or c in ("runs", "wall_time_s") else "left")
+            t.add_column(c, justify="right" if c in (*report.METRICS, *report.OPTIONAL_METRICS, "runs", "wall_time_s") else "left")
         colors = {"completed": "green", "failed": "red", "interrupted": "yellow", "incomplete": "yellow"}
         for row, c in zip(table, cells):
             t.add_row(*c, style=None if row["status"] == "completed" else colors.get(row["status"].split("/")[0]))

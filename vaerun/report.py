@@ -17,6 +17,7 @@ from typing import Optional
 from vaerun.runs import find_runs
 
 METRICS = ("elbo", "recon", "kl", "active_units", "mi", "nll_iw")
+OPTIONAL_METRICS = ("mig",)  # shown when some run has it (mig: datasets with ground-truth factors)
 IGNORED_KEYS = {"out_dir", "resume", "progress", "device", "tensorboard"}
 HIGHER_IS_BETTER = {"elbo", "active_units", "mi"}
 
@@ -75,7 +76,7 @@ def rows(runs: list[dict], aggregate_seeds: bool = True) -> list[dict]:
                "paths": [m["path"] for m in members]}
         statuses = sorted({m["status"] for m in members})
         row["status"] = statuses[0] if len(statuses) == 1 else "/".join(statuses)
-        for m in METRICS:
+        for m in (*METRICS, *OPTIONAL_METRICS):
             vals = [float(x["final"][m]) for x in members if x["final"] and isinstance(x["final"].get(m), (int, float))]
             row[m] = statistics.fmean(vals) if vals else None
             if len(vals) > 1:
@@ -116,9 +117,10 @@ def fmt(row: dict, m: str) -> str:
 def table_cells(table: list[dict], keys: list[str]) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted cells: the differing config keys, then status and metrics."""
     row_keys = [k for k in keys if table and k in table[0]]
-    cols = [*(row_keys or ["run"]), "runs", "status", *METRICS, "wall_time_s"]
+    metrics = [*METRICS, *[m for m in OPTIONAL_METRICS if any(r.get(m) is not None for r in table)]]
+    cols = [*(row_keys or ["run"]), "runs", "status", *metrics, "wall_time_s"]
     cells = [[*([str(r.get(k)) for k in row_keys] or [r["label"]]), str(r["runs"]), r["status"],
-              *[fmt(r, m) for m in METRICS], fmt(r, "wall_time_s")] for r in table]
+              *[fmt(r, m) for m in metrics], fmt(r, "wall_time_s")] for r in table]
     return cols, cells
 
 
