@@ -207,6 +207,15 @@ class CapacityConfig:
 
 
 @dataclass
+class AggressiveConfig:
+    """Aggressive inference-network training (He et al. 2019): before each step, encoder-only
+    updates on fresh batches until the loss stops falling; off once validation MI stops rising."""
+    enabled: bool = False
+    max_inner: int = 100               # encoder-only updates per step at most (the paper: 100)
+    check_every: int = 15              # compare the summed loss of successive windows of this many updates
+
+
+@dataclass
 class PicturesConfig:
     """End-of-training pictures in pictures/ (the same as `vaerun traverse` / `vaerun latents`)."""
     traverse: Optional[bool] = None    # null = on, except for an autoregressive decoder on the CPU (pixel-by-pixel)
@@ -226,6 +235,7 @@ class TrainConfig:
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     pictures: PicturesConfig = field(default_factory=PicturesConfig)
     capacity: CapacityConfig = field(default_factory=CapacityConfig)
+    aggressive: AggressiveConfig = field(default_factory=AggressiveConfig)
     beta: float = 1.0                  # target β of every schedule
     free_bits: float = 0.0             # λ nats per latent dim (Kingma et al. 2016); 0 = off
     epochs: int = 12
@@ -302,6 +312,10 @@ def validate(cfg: TrainConfig) -> None:
     _check(cap.c_max >= 0, "capacity.c_max", cap.c_max, "is a KL in nats and must be >= 0", "use e.g. capacity.c_max=25")
     _check(cap.steps >= 1, "capacity.steps", cap.steps, "must be at least 1", "use e.g. capacity.steps=10000")
     _check(cap.delay_steps >= 0, "capacity.delay_steps", cap.delay_steps, "must be >= 0", "use capacity.delay_steps=0")
+    ag = cfg.aggressive
+    _check(ag.max_inner >= 1, "aggressive.max_inner", ag.max_inner, "must be at least 1", "use aggressive.max_inner=100")
+    _check(ag.check_every >= 1, "aggressive.check_every", ag.check_every, "must be at least 1",
+           "use aggressive.check_every=15")
     pc = cfg.pictures
     _check(pc.traverse_steps > 0, "pictures.traverse_steps", pc.traverse_steps, "must be positive",
            "use e.g. pictures.traverse_steps=9")

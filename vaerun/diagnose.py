@@ -167,7 +167,7 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
     """Verdicts from a run's metrics records and resolved config (plus the z test, when given)."""
     vals = [r for r in records if r.get("split") == "val"]
     train = [r for r in records if r.get("split") == "train"]
-    events = [r for r in records if r.get("split") == "event"]
+    events = [r for r in records if r.get("split") == "event" and r.get("event") == "non_finite"]
     audit = next((r for r in records if r.get("split") == "audit"), None)
     if not vals:
         return {"overall": "unknown", "headline": "no validation record yet: nothing to diagnose", "verdicts": []}

@@ -37,25 +37,30 @@ class LoopState:
     lr_scale: float = 1.0          # product of the rollback halvings
     rollbacks: int = 0
     skipped: int = 0               # steps dropped as non-finite (skip policy)
+    aggressive: bool = False       # aggressive inference-network training still on
+    aggressive_mi: float = -math.inf  # validation MI at the previous epoch's end (aggressive training)
+    inner_steps: int = 0           # encoder-only updates taken by aggressive training
 
 
 @dataclass
 class Rngs:
     order: torch.Generator         # the data order (one permutation per epoch)
     binarize: torch.Generator      # dynamic binarization
+    inner: torch.Generator         # aggressive training's extra batches (indices and binarization)
     epoch_start: torch.Tensor = field(default=None)  # ``order``'s state at the current epoch's start
 
     @classmethod
     def create(cls, seed: int, device: torch.device) -> "Rngs":
         return cls(torch.Generator(device=device).manual_seed(seed),
-                   torch.Generator(device=device).manual_seed(seed + 1))
+                   torch.Generator(device=device).manual_seed(seed + 1),
+                   torch.Generator(device=device).manual_seed(seed + 2))
 
 
 # ---------------------------------------------------------------- checkpoints
 def checkpoint_state(parts: Parts, state: LoopState, rngs: Rngs, acc: Accumulator, config: dict) -> dict:
     """Everything needed to continue: plain containers and tensors only (weights_only loading)."""
     rng = {"torch": torch.get_rng_state(), "order": rngs.epoch_start, "binarize": rngs.binarize.get_state(),
-           "python": random.getstate()}
+           "inner": rngs.inner.get_state(), "python": random.getstate()}
     if parts.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
@@ -76,6 +81,8 @@ def restore(parts: Parts, ckpt: dict, rngs: Rngs, acc: Accumulator) -> LoopState
         torch.cuda.set_rng_state_all(rng["cuda"])
     rngs.order.set_state(rng["order"])
     rngs.binarize.set_state(rng["binarize"])
+    if "inner" in rng:
+        rngs.inner.set_state(rng["inner"])
     random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
     sums = ckpt["accumulator"]["sums"]  # the checkpoint was loaded to the CPU: back to the device
     acc.load_state_dict({"n": ckpt["accumulator"]["n"],
@@ -185,6 +192,7 @@ class Trainer:
         self.t_log, self.seen, self.seen_total, self.train_time, self.consecutive_skips = time.time(), 0, 0, 0.0, 0
         dg = cfg.diagnostics
         self.watch = CollapseWatch(dg.collapse_threshold, int(dg.early_fraction * parts.total_steps))
+        self.state.aggressive = cfg.aggressive.enabled  # a resume replaces it with the checkpoint's
 
     def resume(self, ckpt: dict) -> None:
         self.state = restore(self.parts, ckpt, self.rngs, self.acc)
@@ -222,6 +230,8 @@ class Trainer:
                     break
             if not rolled_back and self.state.step < total:
                 self.state.epoch, self.state.batch = self.state.epoch + 1, 0
+                if self.state.aggressive:
+                    self._aggressive_check()
         s = self.state
         return {"final_val": s.final_val, "best_val": s.best_val, "steps": s.step, "skipped_steps": s.skipped,
                 "rollbacks": s.rollbacks, "lr_scale": s.lr_scale,
@@ -232,8 +242,11 @@ class Trainer:
         cfg, p = self.cfg, self.parts
         x = p.data.prepare(xb, self.rngs.binarize)
         beta = p.schedule(self.state.step)
+        if self.state.aggressive:
+            self._aggressive_inner(beta)
         loss, terms, gnorm, ok = train_step(p.model, p.optimizer, x, beta, cfg.free_bits, cfg.optimizer.grad_clip,
-                                            p.capacity_at(self.state.step))
+                                            p.capacity_at(self.state.step),
+                                            update="decoder" if self.state.aggressive else "all")
         if not ok:
             return self._non_finite(loss, terms, gnorm)
         self.consecutive_skips = 0
@@ -254,6 +267,51 @@ class Trainer:
             self._grids()
         return True
 
+    def _aggressive_inner(self, beta: float) -> None:
+        """He et al. 2019, Algorithm 1: encoder-only updates on fresh random batches until the
+        summed loss of a window of ``check_every`` updates stops falling (at most ``max_inner``);
+        the step that follows then updates only the decoder."""
+        cfg, p, ag = self.cfg, self.parts, self.cfg.aggressive
+        images = p.data.train.images
+        previous, window, k = math.inf, torch.zeros((), device=p.device), 0
+        for k in range(1, ag.max_inner + 1):
+            idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=self.rngs.inner, device=p.device)
+            x = p.data.prepare(images[idx], self.rngs.inner)
+            loss, _, _, ok = train_step(p.model, p.optimizer, x, beta, cfg.free_bits, cfg.optimizer.grad_clip,
+                                        p.capacity_at(self.state.step), update="encoder")
+            if not ok:  # a non-finite inner step is never applied; leave the rest to the outer step's policy
+                break
+            window = window + loss
+            if k % ag.check_every == 0:
+                current = float(window)
+                if current > previous:
+                    break
+                previous, window = current, torch.zeros((), device=p.device)
+        self.state.inner_steps += k
+
+    def _aggressive_check(self) -> None:
+        """At an epoch's end: aggressive training stops once the validation MI stops rising."""
+        from vaerun.metrics import mutual_information
+
+        p, dg, s = self.parts, self.cfg.diagnostics, self.state
+        t = time.time()
+        with torch.no_grad(), torch.random.fork_rng(devices=[p.device] if p.device.type == "cuda" else []):
+            torch.manual_seed(self.cfg.seed + 271)
+            p.model.eval()
+            x = p.data.prepare(p.data.val.images[:dg.mi_examples], torch.Generator(p.device).manual_seed(3))
+            mu, logvar = p.model.encode(x)
+            mi = mutual_information(mu, logvar)
+            p.model.train()
+        if mi <= s.aggressive_mi:
+            s.aggressive = False
+            rec = {"step": s.step, "split": "event", "event": "aggressive_off", "mi": mi,
+                   "previous_mi": s.aggressive_mi, "inner_steps": s.inner_steps}
+            self.run.append_metrics(rec)
+            log.info("aggressive training off at step %d: validation MI %.3f did not rise above %.3f "
+                     "(%d encoder-only updates so far)", s.step, mi, s.aggressive_mi, s.inner_steps)
+        s.aggressive_mi = mi
+        self.t_log += time.time() - t
+
     def _log_train(self, beta: float, gnorm: torch.Tensor) -> None:
         now = time.time()
         self.train_time, self.seen_total = self.train_time + now - self.t_log, self.seen_total + self.seen
@@ -263,6 +321,8 @@ class Trainer:
                "grad_norm": gnorm.item(), "examples_per_sec": self.seen / max(now - self.t_log, 1e-9),
                "time": now - self.t0}
         rec["elbo"] = -(rec["recon"] + rec["kl"])
+        if self.cfg.aggressive.enabled:
+            rec.update(aggressive=s.aggressive, inner_steps=s.inner_steps)
         cap = self.parts.capacity_at(s.step - 1)
         if cap is not None:
             rec["capacity"] = cap[1]  # C (nats) the KL is pulled towards at the last step

@@ -123,10 +123,12 @@ def total_grad_norm(params) -> torch.Tensor:
 
 
 def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, beta: float, free_bits: float,
-               grad_clip: float, capacity: Optional[tuple[float, float]] = None):
+               grad_clip: float, capacity: Optional[tuple[float, float]] = None, update: str = "all"):
     """One optimizer step on batch x. Returns (loss, terms, grad_norm, ok): the global gradient
     norm before clipping, and whether loss and gradients were finite. A non-finite step is never
-    taken (the one host sync per step buys that guarantee)."""
+    taken (the one host sync per step buys that guarantee). ``update``: ``all``, ``encoder``
+    (only the encoder's parameters move) or ``decoder`` (everything but the encoder): the
+    others' gradients are dropped, so the optimizer skips them (aggressive training)."""
     terms = elbo_terms(model, x)
     loss = training_loss(terms, beta, free_bits, capacity)
     optimizer.zero_grad(set_to_none=True)
@@ -137,6 +139,11 @@ def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, be
         grad_norm = total_grad_norm(model.parameters())
     ok = bool(torch.isfinite(loss.detach() + grad_norm))
     if ok:
+        if update != "all":
+            enc = {id(q) for q in model.encoder.parameters()}
+            for q in model.parameters():
+                if (id(q) in enc) != (update == "encoder"):
+                    q.grad = None
         optimizer.step()
     return loss.detach(), terms, grad_norm, ok
 
