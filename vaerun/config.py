@@ -85,6 +85,7 @@ class LRScheduler(Enum):
     cosine = "cosine"
     step = "step"
     plateau = "plateau"
+    burda = "burda"      # Burda et al. 2015: stage i (0..7) lasts 3^i epochs at lr·10^(−i/7)
 
 
 class OnNan(Enum):
@@ -184,6 +185,7 @@ class OptimizerConfig:
     lr_gamma: float = 0.5              # step, plateau: multiply the lr by this
     lr_patience: int = 2               # plateau: evaluations without improvement
     lr_min: float = 0.0                # cosine, plateau: floor
+    lr_stage_scale: float = 1.0        # burda: stage i lasts 3^i·scale epochs (1 = the paper's 3,280 epochs)
 
 
 @dataclass
@@ -368,6 +370,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(o.eps > 0, "optimizer.eps", o.eps, "must be positive", "use e.g. optimizer.eps=1e-8")
     _check(o.momentum >= 0, "optimizer.momentum", o.momentum, "must be >= 0", "use e.g. optimizer.momentum=0.9")
     _check(o.grad_clip >= 0, "optimizer.grad_clip", o.grad_clip, "must be >= 0 (0 = off)", "use e.g. optimizer.grad_clip=1.0")
+    _check(o.lr_stage_scale > 0, "optimizer.lr_stage_scale", o.lr_stage_scale, "must be positive",
+           "use e.g. optimizer.lr_stage_scale=0.1")
     _check(o.lr_step_size > 0, "optimizer.lr_step_size", o.lr_step_size, "must be positive", "use e.g. optimizer.lr_step_size=2000")
     _check(0 < o.lr_gamma <= 1, "optimizer.lr_gamma", o.lr_gamma, "must be in (0, 1]", "use e.g. optimizer.lr_gamma=0.5")
     _check(o.lr_patience >= 0, "optimizer.lr_patience", o.lr_patience, "must be >= 0", "use e.g. optimizer.lr_patience=2")

@@ -168,8 +168,9 @@ def save_grids(run, model: VAE, data: Data, step: int, num_samples: int, seed: i
     gen = torch.Generator(device=data.train.images.device).manual_seed(seed + 15485863)
     model.eval()
     samples = model.sample(num_samples, generator=gen)                        # (N, C, H, W)
-    row = 8
-    x = data.prepare(data.val.images[:4 * row], gen)                          # (≤32, C, H, W)
+    row = min(8, len(data.val))
+    n = min(4 * row, len(data.val)) // row * row                              # whole rows only
+    x = data.prepare(data.val.images[:n], gen)                                # (≤32, C, H, W)
     recon = model.reconstruct(x)
     model.train()
     pairs = torch.stack([x, recon]).unflatten(1, (-1, min(row, x.shape[0])))  # (2, rows, row, C, H, W)

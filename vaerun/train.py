@@ -108,7 +108,8 @@ def build(cfg: TrainConfig) -> Parts:
     optimizer = build_optimizer(model.parameters(), o.name.value, lr=o.lr, weight_decay=o.weight_decay,
                                 betas=tuple(o.betas), eps=o.eps, momentum=o.momentum)
     lr_scheduler = build_lr_scheduler(optimizer, o.lr_scheduler.value, total_steps=total, step_size=o.lr_step_size,
-                                      gamma=o.lr_gamma, patience=o.lr_patience, lr_min=o.lr_min)
+                                      gamma=o.lr_gamma, patience=o.lr_patience, lr_min=o.lr_min,
+                                      steps_per_epoch=steps_per_epoch, stage_scale=o.lr_stage_scale)
     cap = cfg.capacity
     capacity = Capacity(cap.c_max, cap.steps, cap.delay_steps) if cap.gamma > 0 else None
     return Parts(data, model, optimizer, lr_scheduler, schedule, device, steps_per_epoch, total, capacity, cap.gamma)

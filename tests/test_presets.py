@@ -1,0 +1,82 @@
+"""The literature presets: each composes to the documented setting and trains a few steps (MNIST
+ones on the real files when present, CIFAR-10 on a fake copy in torchvision's format)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import SHARED_DATA, compose, have_mnist, make_fake_cifar10
+from vaerun.optim import build_lr_scheduler, burda_epochs, burda_stage
+from vaerun.runs import RunFolder
+from vaerun.session import train
+
+FEW = ["max_steps=3", "eval_every=3", "sample_every=3", "num_samples=4", "eval_batch_size=64", "progress=log",
+       "diagnostics.iw_samples=4", "diagnostics.mi_examples=64", "pictures.traverse=false"]
+
+
+def test_burda_schedule_stages_and_learning_rates():
+    assert burda_epochs() == 3280 and burda_epochs(0.1) == pytest.approx(328)
+    assert [burda_stage(e) for e in (0, 0.99, 1, 3.99, 4, 12.9, 13, 39.9, 40, 3279, 5000)] == \
+        [0, 0, 1, 1, 2, 2, 3, 3, 4, 7, 7]
+    assert [burda_stage(e, 0.1) for e in (0, 0.1, 0.39, 0.4, 327)] == [0, 1, 1, 2, 7]
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=1e-3)
+    sched = build_lr_scheduler(opt, "burda", total_steps=10 ** 6, steps_per_epoch=10)
+    lrs = {}
+    for step in range(0, 400):
+        lrs[step] = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-3) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[10] == pytest.approx(1e-3 * 10 ** (-1 / 7)) and lrs[39] == pytest.approx(1e-3 * 10 ** (-1 / 7))
+    assert lrs[40] == pytest.approx(1e-3 * 10 ** (-2 / 7)) and lrs[130] == pytest.approx(1e-3 * 10 ** (-3 / 7))
+
+
+def test_presets_compose_to_the_published_settings():
+    burda, _ = compose(["experiment=mnist_vae_burda", f"dataset.root={SHARED_DATA}"])
+    assert (burda.model.hidden, burda.model.latent_dim, burda.model.activation.value) == ([200, 200], 50, "tanh")
+    assert burda.batch_size == 20 and burda.optimizer.eps == 1e-4 and burda.epochs == 3280
+    assert burda.optimizer.lr_scheduler.value == "burda" and burda.dataset.binarize.value == "dynamic"
+    short, _ = compose(["experiment=mnist_vae_burda_short"])
+    assert short.optimizer.lr_stage_scale == 0.1 and short.epochs == 328 and short.model.latent_dim == 50
+    ex, _ = compose(["experiment=mnist_vae_examples"])
+    assert (ex.model.hidden, ex.model.latent_dim, ex.batch_size, ex.optimizer.lr) == ([400], 20, 128, 1e-3)
+    fm, _ = compose(["experiment=fashion_mnist_conv_gaussian"])
+    assert fm.likelihood.name.value == "gaussian" and fm.likelihood.learn_sigma.value == "global"
+    assert fm.dataset.name.value == "fashion_mnist" and fm.dataset.binarize.value == "none"
+    cf, _ = compose(["experiment=cifar10_conv"])
+    assert cf.likelihood.name.value == "logistic" and cf.likelihood.mixtures == 5
+
+
+def test_shapes_beta_sweep_sweeps_beta():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from vaerun.config import register_configs
+
+    register_configs()
+    with initialize_config_module("vaerun.conf", version_base="1.3"):
+        cfg = hydra_compose("train", overrides=["experiment=shapes_beta_sweep"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params.beta == "0.25,0.5,1,2,4,8"
+
+
+def test_cifar10_conv_trains_on_fake_data(tmp_path):
+    root = make_fake_cifar10(tmp_path / "data")
+    cfg, resolved = compose(["experiment=cifar10_conv", f"dataset.root={root}", "dataset.val_size=20",
+                             "batch_size=16", "model.channels=[8,8]", "model.hidden=[16]", "model.latent_dim=4",
+                             *FEW])
+    summary = train(cfg, RunFolder(tmp_path / "run"), resolved)
+    assert summary["status"] == "completed" and summary["data_shape"] == [3, 32, 32]
+    v = summary["final_val"]
+    assert v["bpd"] == pytest.approx(v["recon"] / (3 * 32 * 32 * 0.6931471805599453) + v["kl"] / (3072 * 0.6931471805599453))
+
+
+@pytest.mark.skipif(not have_mnist(), reason=f"MNIST not found under {SHARED_DATA}")
+@pytest.mark.parametrize("preset", ["mnist_vae_burda_short", "mnist_vae_examples", "fashion_mnist_conv_gaussian"])
+def test_mnist_presets_train_a_few_steps(tmp_path, preset):
+    if preset.startswith("fashion") and not (SHARED_DATA / "FashionMNIST" / "raw").exists():
+        pytest.skip("Fashion-MNIST not found")
+    cfg, resolved = compose([f"experiment={preset}", f"dataset.root={SHARED_DATA}", "dataset.subset=256",
+                             "dataset.val_size=64", *FEW])
+    summary = train(cfg, RunFolder(tmp_path / "run"), resolved)
+    assert summary["status"] == "completed" and summary["steps"] == 3
