@@ -206,7 +206,7 @@ def overhead(root: str, repeats: int, steps: int) -> dict:
     ours = VaerunLoop(root)
     model = copy.deepcopy(ours.parts.model)
     opt = type(ours.parts.optimizer)(model.parameters(), **{k: v for k, v in ours.parts.optimizer.defaults.items()
-                                                           if k in ("lr", "betas", "eps", "weight_decay")})
+                                                           if k in ("lr", "betas", "eps", "weight_decay", "fused")})
     x = ours.parts.data.prepare(ours.parts.data.train.images[:128])
     bare = bare_step_fn(model, opt, x)
     ours.steps(20), time_calls(bare, 20)

