@@ -105,3 +105,18 @@ def test_real_mnist_loads_as_uint8_tensors(name):
     assert (len(d.train), len(d.val), len(d.test)) == (55000, 5000, 10000)
     assert d.shape == (1, 28, 28) and d.train.images.dtype == torch.uint8
     assert d.train.labels.shape == (55000,)
+
+
+def test_dynamic_binarization_is_bernoulli_of_the_grey_level():
+    """P(x = 1) = v/255 exactly: 0 and 255 are deterministic, every level in between has its
+    frequency within sampling error of v/255; and it reads as binary data (no Bernoulli warning)."""
+    d = load_data("shapes", image_size=8, num_examples=50, val_size=10, test_size=10)
+    d.binarize = "dynamic"
+    levels = torch.tensor([0, 1, 51, 128, 200, 254, 255], dtype=torch.uint8)
+    v = levels.view(1, 1, 1, -1).expand(40000, 1, 1, -1).contiguous()
+    x = d.prepare(v, torch.Generator().manual_seed(3))
+    freq = x.mean(0).flatten()
+    p = levels.double() / 255
+    assert freq[0] == 0 and freq[-1] == 1
+    assert ((freq.double() - p).abs() <= 4 * (p * (1 - p) / 40000).sqrt() + 1e-12).all(), (freq, p)
+    assert d.is_binary()

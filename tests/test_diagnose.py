@@ -107,3 +107,25 @@ def test_diagnose_command_prints_and_writes(tiny_run):
     assert (tiny_run / "diagnosis.md").read_text().startswith("# Diagnosis")
     bad = subprocess.run([VAERUN, "diagnose", str(tiny_run / "nope")], capture_output=True, text=True)
     assert bad.returncode == 2 and "not a vaerun run folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_code_under_one_nat_whose_decoder_ignores_z_is_near_total_collapse():
+    """The strong autoregressive decoder's failure (collapse study, ar_beta1): most dims sit a
+    little above the per-dim threshold, but the whole code holds a fraction of a nat and
+    shuffling z barely changes the reconstruction."""
+    from vaerun.diagnose import diagnose
+
+    kl = [0.001, 0.02, 0.03, 0.015, 0.004, 0.06, 0.02, 0.03]
+    val = {"step": 100, "split": "val", "kl_per_dim": kl, "kl": sum(kl), "recon": 98.0, "elbo": -98.2,
+           "active_units": 6, "mi": 0.2, "aggregate_kl": 0.01}
+    zdep = {"recon_posterior": 100.6, "recon_shuffled": 102.1, "recon_prior": 102.2, "shuffle_penalty": 1.5}
+    config = {"model": {"name": "autoregressive", "latent_dim": 8}, "beta": 1.0}
+    c = checks(diagnose([val], config, zdep))["posterior_collapse"]
+    assert c["status"] == "problem" and c["verdict"].startswith("near-total collapse")
+    assert any(s.startswith("free_bits=") for s in c["next_steps"]) and "aggressive.enabled=true" in c["next_steps"]
+    assert any("model.ar_layers" in s for s in c["next_steps"])
+    # a few nats spread over the informative dims, with some dims dead, stays a partial-collapse warning
+    kl3 = [0.001, 0.9, 0.8, 0.7, 0.004, 0.6, 0.5, 0.4]
+    used = dict(zdep, recon_shuffled=130.0, recon_prior=131.0, shuffle_penalty=29.4)
+    c3 = checks(diagnose([dict(val, kl_per_dim=kl3, kl=sum(kl3))], config, used))["posterior_collapse"]
+    assert c3["status"] == "warning" and c3["verdict"].startswith("partial collapse")

@@ -362,3 +362,20 @@ def test_a_failing_sweep_job_leaves_the_others_complete(tmp_path):
     assert summaries["0_model.channels=[8]"]["status"] == "completed"
     failed = summaries["1_model.channels=[8,8,8,8,8,8]"]
     assert failed["status"] == "failed" and "model.channels" in failed["error"]
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """Checkpoints, summaries and pictures go through a temporary file; they still end up with the
+    mode a plain open() gives (0666 minus the umask), not mkstemp's private 0600."""
+    import stat
+
+    from vaerun.runs import RunFolder
+
+    old = os.umask(0o022)
+    try:
+        run = RunFolder(tmp_path / "run")
+        run.write_summary({"status": "running"})
+        mode = stat.S_IMODE((tmp_path / "run" / "summary.json").stat().st_mode)
+    finally:
+        os.umask(old)
+    assert mode == 0o644

@@ -31,7 +31,9 @@ def reference_losses(cfg, steps: int, warmup: int) -> list[dict]:
     while step < steps:
         perm = torch.randperm(len(images), generator=order)
         for start in range(0, len(images), cfg.batch_size):
-            x = torch.bernoulli(images[perm[start:start + cfg.batch_size]].float() / 255, generator=binar)
+            v = images[perm[start:start + cfg.batch_size]]                       # uint8 grey levels
+            u = torch.randint(0, 255, v.shape, dtype=torch.uint8, generator=binar)  # uniform on 0..254
+            x = (u < v).float()                                                   # P(x = 1) = v / 255
             mu, logvar = model.encoder(x)
             z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
             logits = model.decoder(z, x)

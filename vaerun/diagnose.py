@@ -41,7 +41,10 @@ def z_dependence(model: VAE, data: Data, n: int = 500, seed: int = 0) -> dict:
     return out
 
 
-def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: int) -> dict:
+NEAR_TOTAL_NATS = 1.0  # a code with less than one nat in all tells apart fewer than ~3 inputs
+
+
+def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: int, model: str = "mlp") -> dict:
     kl = val["kl_per_dim"]
     dead = [d for d, k in enumerate(kl) if k < thr]
     ev = {"kl_total": round(val["kl"], 4), "kl_per_dim": [round(k, 4) for k in kl], "collapsed_dims": dead,
@@ -58,6 +61,16 @@ def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: i
                        "q(z|x) equals the prior for every x, so z tells the decoder nothing"
                        + (" (and the decoder ignores z: shuffling it costs nothing)" if ignores else ""),
                        steps + ["a weaker decoder, e.g. model.hidden=[256]"])
+    if val["kl"] < NEAR_TOTAL_NATS:  # z can tell the decoder at most KL nats about x, on average
+        weaker = ("model.ar_layers=2 model.ar_kernel=3 (or model.ar_cond=spatial)" if model == "autoregressive"
+                  else "a weaker decoder, e.g. model.hidden=[256]")
+        fb = max(0.25, round(2.0 / len(kl), 2))
+        return verdict("posterior_collapse", "problem",
+                       f"near-total collapse: the code carries {val['kl']:.2f} nats in all", ev,
+                       f"{len(kl) - len(dead)} of {len(kl)} dims are above {thr} nats, but together they hold less "
+                       f"than {NEAR_TOTAL_NATS:g} nat, so z can tell the decoder almost nothing about x"
+                       + (" (shuffling z barely changes the reconstruction)" if ignores else ""),
+                       [f"free_bits={fb}", "aggressive.enabled=true", weaker, *steps[:1]])
     if dead:
         return verdict("posterior_collapse", "warning", f"partial collapse: dims {dead} carry < {thr} nats", ev,
                        "unused dimensions are harmless when the rest suffice, but they mean the code is smaller "
@@ -176,7 +189,7 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
     total = max(r["step"] for r in vals)
     early = int(dg.get("early_fraction", 0.2) * total)
     beta, lr = config.get("beta", 1.0), config.get("optimizer", {}).get("lr", 1e-3)
-    out = [_collapse(vals[-1], zdep, thr, beta, total), _lagging(vals[-1]), _early_vanishing(vals, thr, early),
+    out = [_collapse(vals[-1], zdep, thr, beta, total, config.get("model", {}).get("name", "mlp")), _lagging(vals[-1]), _early_vanishing(vals, thr, early),
            _imbalance(vals[-1], beta, thr), _optimization(train, vals, events, lr),
            _likelihood(audit, config.get("likelihood", {}))]
     worst = max(out, key=lambda v: ORDER[v["status"]])

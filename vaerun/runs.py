@@ -33,10 +33,17 @@ CHECKPOINT_VERSION = 1
 STATUSES = ("running", "completed", "failed", "interrupted")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
     """Writes through a temporary file in the same folder, then renames over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets the mode a plain open() would
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
