@@ -93,7 +93,8 @@ def test_global_conditioning_cannot_say_where():
 
 
 @pytest.mark.parametrize("lik,kw", [("bernoulli", {}), ("gaussian", {"learn_sigma": "pixel"}),
-                                    ("gaussian", {"learn_sigma": "global"})])
+                                    ("gaussian", {"learn_sigma": "global"}), ("continuous_bernoulli", {}),
+                                    ("logistic", {"mixtures": 2})])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 8, 8)])
 def test_vae_with_the_pixelcnn_decoder_trains_and_samples(lik, kw, shape):
     torch.manual_seed(0)
