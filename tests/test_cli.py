@@ -31,7 +31,7 @@ def test_train_help_lists_groups_and_options():
     out = vaerun("train", "--help")
     assert out.returncode == 0, out.stderr
     for line in ("dataset: cifar10, fashion_mnist, image_folder, mnist, shapes", "model: autoregressive, conv, mlp",
-                 "likelihood: bernoulli, gaussian", "schedule: constant, cyclical, linear, sigmoid",
+                 "likelihood: bernoulli, continuous_bernoulli, gaussian, logistic", "schedule: constant, cyclical, linear, sigmoid",
                  "optimizer: adam, adamw, rmsprop, sgd"):
         assert line in out.stdout
     assert "schema" not in out.stdout.split("== Config (")[0]

@@ -9,7 +9,8 @@ from vaerun.models import MODELS, build_vae
 from vaerun.objectives import elbo_terms
 
 LIKELIHOOD_VARIANTS = [("bernoulli", {}), ("gaussian", {"learn_sigma": "none"}), ("gaussian", {"learn_sigma": "global"}),
-                       ("gaussian", {"learn_sigma": "channel"}), ("gaussian", {"learn_sigma": "pixel"})]
+                       ("gaussian", {"learn_sigma": "channel"}), ("gaussian", {"learn_sigma": "pixel"}),
+                       ("continuous_bernoulli", {}), ("logistic", {"mixtures": 1}), ("logistic", {"mixtures": 3})]
 
 
 def test_variants_cover_every_likelihood():
