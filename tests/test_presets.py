@@ -71,6 +71,7 @@ def test_cifar10_conv_trains_on_fake_data(tmp_path):
     assert v["bpd"] == pytest.approx(v["recon"] / (3 * 32 * 32 * 0.6931471805599453) + v["kl"] / (3072 * 0.6931471805599453))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not have_mnist(), reason=f"MNIST not found under {SHARED_DATA}")
 @pytest.mark.parametrize("preset", ["mnist_vae_burda_short", "mnist_vae_examples", "fashion_mnist_conv_gaussian"])
 def test_mnist_presets_train_a_few_steps(tmp_path, preset):
