@@ -81,3 +81,37 @@ def test_mnist_presets_train_a_few_steps(tmp_path, preset):
                              "dataset.val_size=64", *FEW])
     summary = train(cfg, RunFolder(tmp_path / "run"), resolved)
     assert summary["status"] == "completed" and summary["steps"] == 3
+
+
+def test_results_page_reads_its_numbers_from_the_run_folders(tmp_path, capsys):
+    """benchmarks/results_page.py: a run started with a reproduction preset and evaluated on the
+    test split becomes a row whose numbers are the folder's own (eval.json, summary.json)."""
+    import importlib.util
+    import json
+
+    from conftest import REPO, TINY
+    from vaerun import commands
+
+    spec = importlib.util.spec_from_file_location("results_page", REPO / "benchmarks" / "results_page.py")
+    results_page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results_page)
+
+    cfg, resolved = compose([*TINY, "pictures.latents=false", "pictures.traverse=false"])
+    folder = RunFolder(tmp_path / "runs" / "a")
+    train(cfg, folder, resolved)
+    (folder.path / ".hydra").mkdir()
+    (folder.path / ".hydra" / "overrides.yaml").write_text("- experiment=mnist_vae_burda_short\n- seed=0\n")
+    other = RunFolder(tmp_path / "runs" / "b")                                 # not a reproduction: left out
+    train(cfg, other, resolved)
+    assert folder.experiment() == "mnist_vae_burda_short" and other.experiment() is None
+    for k in ("3", "7"):
+        assert commands.eval_main([str(folder.path), "--iw-samples", k, "--split", "test"]) == 0
+    capsys.readouterr()
+    [row] = results_page.rows([str(tmp_path / "runs")])
+    ev = json.loads((folder.path / "eval.json").read_text())["test/best/K=7"]
+    assert row["k"] == 7 and row["nll_iw"] == ev["nll_iw"] and row["active_units"] == ev["active_units"]
+    assert row["gap"] == pytest.approx(ev["nll_iw"] - 86.76)
+    out = tmp_path / "results.md"
+    text = results_page.page([row])
+    out.write_text(text)
+    assert f"| `mnist_vae_burda_short` | {ev['nll_iw']:.2f} | 7 | 86.76 |" in text and "Burda et al. 2015" in text

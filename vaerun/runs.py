@@ -210,6 +210,20 @@ class RunFolder:
 
         return OmegaConf.to_container(OmegaConf.load(self.config_file))
 
+    def read_overrides(self) -> list[str]:
+        """The command-line overrides Hydra recorded for this run (.hydra/overrides.yaml), or []."""
+        path = self.path / ".hydra" / "overrides.yaml"
+        if not path.exists():
+            return []
+        from omegaconf import OmegaConf
+
+        return [str(o) for o in OmegaConf.to_container(OmegaConf.load(path))]
+
+    def experiment(self) -> Optional[str]:
+        """The ``experiment=`` preset the run was started with, or None."""
+        return next((o.split("=", 1)[1] for o in self.read_overrides() if o.split("=", 1)[0] in
+                     ("experiment", "+experiment")), None)
+
     def load_checkpoint(self, name: str = "last", map_location: Any = "cpu") -> dict:
         return load_checkpoint_file(self.checkpoint_file(name), map_location)
 
