@@ -188,7 +188,8 @@ def time_calls(fn, k: int) -> float:
 # ---------------------------------------------------------------- sections
 def conventional(root: str, repeats: int, epochs_each: int) -> dict:
     ours, ref = VaerunLoop(root), ConventionalLoop(root)
-    ours.epoch(), ref.epoch() if repeats > 1 else None  # warm-up (first-touch allocations, thread pools)
+    ours.epoch()  # warm-up (first-touch allocations, thread pools)
+    ref.epoch()
     rates = {"vaerun": [], "conventional": []}
     for _ in range(repeats):
         for name, loop in (("conventional", ref), ("vaerun", ours)):
@@ -529,6 +530,7 @@ def main() -> int:
         return 2
     reps = 2 if a.quick else 3
     results: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "quick": a.quick}
+    previous = None
     if a.only and Path(a.out).exists():  # a partial rerun updates those sections of the last full run
         previous = json.loads(Path(a.out).read_text())
         results = {**{k: v for k, v in previous.items() if k in SECTIONS}, **results,
@@ -548,7 +550,7 @@ def main() -> int:
             results[name] = runs[name]()
             print(f"[bench] {name} done in {time.time() - t:.0f}s", flush=True)
     results["seconds"] = round(time.time() - t0, 1)
-    if results.get("updated_sections") and "previous" in dir():  # keep the full run's own time stamp
+    if previous is not None:  # keep the full run's own time stamp
         results["started"], results["seconds"] = previous.get("started"), previous.get("seconds")
     results["targets_met"] = verdict(results)
     Path(a.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -87,16 +87,17 @@ class Run:
         return self.data().prepare(images.to(self.device), generator)
 
     def evaluate(self, split: str = "val", checkpoint: str = "best", iw_samples: int = 0,
-                 seed: Optional[int] = None) -> dict:
+                 seed: Optional[int] = None, batch_size: Optional[int] = None, on_batch=None) -> dict:
         """The run's evaluation of a checkpoint on a split (ELBO terms, KL per dim, active units,
         MI, and nll_iw when ``iw_samples`` > 0), exactly as training computed it: with the run's
-        seed, the val ELBO of ``best`` equals summary["best_val"]["elbo"]."""
+        seed and eval_batch_size, the val ELBO of ``best`` equals summary["best_val"]["elbo"].
+        ``on_batch(n_done, n_total)`` reports progress."""
         from vaerun.train import evaluate
 
         cfg = self.cfg
-        return evaluate(self.model(checkpoint), self.data(), split, cfg.eval_batch_size,
+        return evaluate(self.model(checkpoint), self.data(), split, batch_size or cfg.eval_batch_size,
                         seed=cfg.seed if seed is None else seed, au_threshold=cfg.diagnostics.au_threshold,
-                        mi_examples=cfg.diagnostics.mi_examples, iw_samples=iw_samples)
+                        mi_examples=cfg.diagnostics.mi_examples, iw_samples=iw_samples, on_batch=on_batch)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, checkpoint: str = "best") -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ def audit(model: VAE, data: Data, batch_size: int, beta0: float, beta: float, fr
     model.train()
     dims, latent = x[0].numel(), t.kl_per_dim.shape[1]
     recon, kl = t.recon.mean().item(), t.kl.mean().item()
-    binary = data.is_binary() or data.binarize == "dynamic"
+    binary = data.is_binary()
     notes = []
     lik = model.likelihood
     if isinstance(lik, Bernoulli) and not binary:

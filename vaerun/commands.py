@@ -43,18 +43,14 @@ def eval_main(argv: list[str]) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from vaerun.train import evaluate
-
     run = _open(a.run, a.device)
-    model, data = run.model(a.checkpoint), run.data()
-    seed = run.cfg.seed if a.seed is None else a.seed
+    run.model(a.checkpoint), run.data()  # loaded before the clock starts
     t0 = time.time()
     with Progress(TextColumn(f"eval {a.split} K={a.iw_samples}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=_console()) as bar:
-        task = bar.add_task("eval", total=len(data.split(a.split)))
-        res = evaluate(model, data, a.split, a.batch_size, seed=seed, iw_samples=a.iw_samples,
-                       au_threshold=run.cfg.diagnostics.au_threshold, mi_examples=run.cfg.diagnostics.mi_examples,
-                       on_batch=lambda n, _: bar.update(task, completed=n))
+        task = bar.add_task("eval", total=len(run.data().split(a.split)))
+        res = run.evaluate(a.split, a.checkpoint, a.iw_samples, a.seed, batch_size=a.batch_size,
+                           on_batch=lambda n, _: bar.update(task, completed=n))
     res.update(split=a.split, checkpoint=a.checkpoint, seconds=round(time.time() - t0, 2),
                step=run.folder.load_checkpoint(a.checkpoint)["step"])
     report = run.folder.read_report("eval.json")
@@ -292,6 +288,8 @@ def interpolate_main(argv: list[str]) -> int:
     p.add_argument("--mode", choices=["linear", "slerp"], default="linear")
     a = p.parse_args(argv)
     _positive(p, pairs=a.pairs, steps=a.steps)
+    import torch
+
     from vaerun.errors import VaerunError
     from vaerun.pictures import grid_figure, interpolation
 
@@ -301,18 +299,12 @@ def interpolate_main(argv: list[str]) -> int:
         raise VaerunError(f"--pairs={a.pairs} needs {2 * a.pairs} validation images; the run has {len(data.val)}.\n"
                           f"  fix: --pairs {len(data.val) // 2}")
     gen = _generator(run, a.seed)
-    idx = torch_randperm(len(data.val), gen)[:2 * a.pairs]
-    x = data.prepare(data.val.images[idx.to(data.val.images.device)], gen)   # (2P, C, H, W)
+    idx = torch.randperm(len(data.val), generator=gen, device=gen.device)[:2 * a.pairs]
+    x = data.prepare(data.val.images[idx], gen)                               # (2P, C, H, W)
     _slow_note(run, a.pairs * a.steps)
     grid = interpolation(model, x[:a.pairs], x[a.pairs:], steps=a.steps, mode=a.mode, generator=gen)
     _save_picture(run, grid_figure(grid), "interpolate", a)
     return 0
-
-
-def torch_randperm(n: int, generator):
-    import torch
-
-    return torch.randperm(n, generator=generator, device=generator.device)
 
 
 def latents_main(argv: list[str]) -> int:

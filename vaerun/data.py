@@ -80,13 +80,10 @@ class Data:
         Dynamic binarization draws x = 1 with probability v/255 exactly, as U < v for U uniform
         on the 255 integers 0..254, all in uint8: a third of the cost of ``torch.bernoulli`` on
         the scaled floats (the largest per-step overhead of an MNIST MLP step on a CPU)."""
-        if self.binarize == "dynamic" and images.dtype == torch.uint8:
+        if self.binarize == "dynamic":
             u = torch.randint(0, 255, images.shape, dtype=torch.uint8, generator=generator, device=images.device)
             return (u < images).float()                                 # (B, C, H, W) in {0, 1}
-        x = images.float().div_(255.0)  # (B, C, H, W)
-        if self.binarize == "dynamic":
-            x = torch.bernoulli(x, generator=generator)
-        return x
+        return images.float().div_(255.0)                               # (B, C, H, W)
 
     def batches(self, split: str, batch_size: int, generator: Optional[torch.Generator] = None) -> Iterator[torch.Tensor]:
         """Yields prepared float batches of one split, in order (evaluation); ``generator`` drives

@@ -21,7 +21,7 @@ from vaerun.errors import Interrupted, NonFiniteError
 from vaerun.models import VAE
 from vaerun.objectives import Terms
 from vaerun.optim import is_per_step
-from vaerun.train import Accumulator, Parts, evaluate, train_step
+from vaerun.train import Accumulator, Parts, evaluate, seeded_rng, train_step
 
 log = logging.getLogger("vaerun")
 
@@ -296,8 +296,7 @@ class Trainer:
 
         p, dg, s = self.parts, self.cfg.diagnostics, self.state
         t = time.time()
-        with torch.no_grad(), torch.random.fork_rng(devices=[p.device] if p.device.type == "cuda" else []):
-            torch.manual_seed(self.cfg.seed + 271)
+        with torch.no_grad(), seeded_rng(self.cfg.seed + 271, p.device):
             p.model.eval()
             x = p.data.prepare(p.data.val.images[:dg.mi_examples], torch.Generator(p.device).manual_seed(3))
             mu, logvar = p.model.encode(x)

@@ -16,6 +16,7 @@ import torch
 
 from vaerun.data import Data
 from vaerun.models import VAE
+from vaerun.objectives import gaussian_kl
 
 
 @dataclass
@@ -53,8 +54,7 @@ def posterior(model: VAE, data: Data, split: str = "val", max_examples: Optional
         mus.append(mu)
         logvars.append(logvar)
     mu, logvar = torch.cat(mus), torch.cat(logvars)                 # (N, D)
-    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)              # (N, D) KL(q || N(0, 1)) per dim
-    return {"mu": mu, "logvar": logvar, "labels": part.labels, "kl_per_dim": kl.mean(0)}
+    return {"mu": mu, "logvar": logvar, "labels": part.labels, "kl_per_dim": gaussian_kl(mu, logvar).mean(0)}
 
 
 def informative_dims(kl_per_dim: torch.Tensor, threshold: float) -> tuple[list[int], list[int]]:
@@ -257,8 +257,9 @@ def latent_map_figure(post: dict, label_names: Sequence[str] = (), color_by: Opt
 def end_of_training(run, model: VAE, data: Data, *, traverse: bool, latents: bool, steps: int, span: float,
                     max_dims: int, threshold: float, label_names: Sequence[str] = (), seed: int = 0) -> dict:
     """The traversal and latent-map pictures of a finished run into ``run`` (a RunFolder), made
-    from the model as given (the session passes the best checkpoint's weights). Returns
-    {kind: path}. Uses its own generator: nothing else's randomness moves."""
+    from the model as given (the session passes a copy with the best checkpoint's weights; it is
+    left in eval mode). Returns {kind: path}. Uses its own generator: nothing else's randomness
+    moves."""
     import matplotlib.pyplot as plt
 
     if not (traverse or latents):
@@ -275,5 +276,4 @@ def end_of_training(run, model: VAE, data: Data, *, traverse: bool, latents: boo
         fig, _ = latent_map_figure(post, label_names, None, threshold)
         written["latents"] = run.save_figure(fig, run.picture_file("latents"))
         plt.close(fig)
-    model.train()
     return written

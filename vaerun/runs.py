@@ -177,7 +177,6 @@ class RunFolder:
         """A matplotlib figure as PNG: curves.png by default, else ``path`` (folders created;
         written to a temporary file first, so a reader never sees half a picture)."""
         path = Path(path or self.curves_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"))
         return path
 

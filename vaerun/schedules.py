@@ -75,11 +75,12 @@ class Cyclical:
 @dataclass(frozen=True)
 class Capacity:
     """The capacity C(step) of capacity annealing (Burgess et al. 2018): 0 for delay_steps, then
-    linear to c_max over steps, then c_max."""
+    linear to c_max over steps, then c_max; ``gamma`` weighs |KL − C| in the loss."""
 
     c_max: float = 25.0
     steps: int = 10000
     delay_steps: int = 0
+    gamma: float = 1.0
 
     def __call__(self, step: int) -> float:
         return self.c_max * _ramp(step, self.delay_steps, self.steps)

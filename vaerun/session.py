@@ -6,6 +6,7 @@ at the end whatever happens (``completed``, ``failed`` with the error, ``interru
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 
@@ -108,15 +109,12 @@ def _pictures(cfg: TrainConfig, run, parts) -> None:
         return
     t = time.time()
     best = run.load_checkpoint("best", map_location=parts.device)
-    final = {k: v.detach().clone() for k, v in parts.model.state_dict().items()}
-    parts.model.load_state_dict(best["model"])
-    try:
-        written = end_of_training(run, parts.model, parts.data, traverse=traverse, latents=pc.latents,
-                                  steps=pc.traverse_steps, span=pc.traverse_range, max_dims=pc.max_dims,
-                                  threshold=cfg.diagnostics.collapse_threshold, label_names=parts.data.label_names,
-                                  seed=cfg.seed)
-    finally:
-        parts.model.load_state_dict(final)
+    model = copy.deepcopy(parts.model)  # the trained model stays as it is
+    model.load_state_dict(best["model"])
+    written = end_of_training(run, model, parts.data, traverse=traverse, latents=pc.latents,
+                              steps=pc.traverse_steps, span=pc.traverse_range, max_dims=pc.max_dims,
+                              threshold=cfg.diagnostics.collapse_threshold, label_names=parts.data.label_names,
+                              seed=cfg.seed)
     log.info("pictures (best checkpoint, step %d): %s in %.1fs", best["step"],
              ", ".join(str(p.relative_to(run.path)) for p in written.values()), time.time() - t)
 

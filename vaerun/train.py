@@ -5,6 +5,7 @@ for the components, then runs the loop. Losses are nats per example (see objecti
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -35,12 +36,11 @@ class Parts:
     device: torch.device
     steps_per_epoch: int
     total_steps: int
-    capacity: Optional[Callable[[int], float]] = None  # C(step) of capacity annealing, when on
-    capacity_gamma: float = 0.0
+    capacity: Optional[Capacity] = None  # capacity annealing, when on
 
     def capacity_at(self, step: int) -> Optional[tuple[float, float]]:
         """(γ, C(step)) for training_loss, or None when capacity annealing is off."""
-        return None if self.capacity is None else (self.capacity_gamma, self.capacity(step))
+        return None if self.capacity is None else (self.capacity.gamma, self.capacity(step))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,8 +111,18 @@ def build(cfg: TrainConfig) -> Parts:
                                       gamma=o.lr_gamma, patience=o.lr_patience, lr_min=o.lr_min,
                                       steps_per_epoch=steps_per_epoch, stage_scale=o.lr_stage_scale)
     cap = cfg.capacity
-    capacity = Capacity(cap.c_max, cap.steps, cap.delay_steps) if cap.gamma > 0 else None
-    return Parts(data, model, optimizer, lr_scheduler, schedule, device, steps_per_epoch, total, capacity, cap.gamma)
+    capacity = Capacity(cap.c_max, cap.steps, cap.delay_steps, cap.gamma) if cap.gamma > 0 else None
+    return Parts(data, model, optimizer, lr_scheduler, schedule, device, steps_per_epoch, total, capacity)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device):
+    """Runs the block on torch's global RNG seeded with ``seed`` (CPU, and ``device`` when it is
+    CUDA), then puts the previous state back: the block's draws are reproducible and the
+    caller's random stream does not move."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def total_grad_norm(params) -> torch.Tensor:
@@ -141,10 +151,10 @@ def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, be
     ok = bool(torch.isfinite(loss.detach() + grad_norm))
     if ok:
         if update != "all":
-            enc = {id(q) for q in model.encoder.parameters()}
-            for q in model.parameters():
-                if (id(q) in enc) != (update == "encoder"):
-                    q.grad = None
+            frozen = (model.encoder.parameters() if update == "decoder" else
+                      (q for name, q in model.named_parameters() if not name.startswith("encoder.")))
+            for q in frozen:
+                q.grad = None
         optimizer.step()
     return loss.detach(), terms, grad_norm, ok
 
@@ -166,8 +176,7 @@ def evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float
     evaluation never moves the training run's random stream."""
     device, was_training = data.train.images.device, model.training
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed + 1299709)
+        with seeded_rng(seed + 1299709, device):
             return _evaluate(model, data, split, batch_size, beta=beta, free_bits=free_bits, seed=seed,
                              au_threshold=au_threshold, mi_examples=mi_examples, iw_samples=iw_samples,
                              iw_examples=iw_examples, on_batch=on_batch)
@@ -194,8 +203,7 @@ def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: floa
         logvars.append(t.logvar)
         if iw_samples > 0 and (iw_examples is None or n < iw_examples):
             take = b if iw_examples is None else min(b, iw_examples - n)
-            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                torch.manual_seed(seed + 15013 + n)  # its own stream: the ELBO is the same with or without IW
+            with seeded_rng(seed + 15013 + n, x.device):  # its own stream: the ELBO is the same with or without IW
                 iw.append(iw_log_likelihood(model, x[:take], iw_samples))
         n += b
         if on_batch is not None:
