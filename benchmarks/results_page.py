@@ -1,27 +1,33 @@
 """docs/results.md from real run folders: the literature reproductions beside the published
-numbers. Every number on the page is read from a run folder (summary.json, eval.json,
-metrics.jsonl, .hydra/overrides.yaml); nothing is typed by hand.
+numbers, the β sweep's rate–distortion plot and MIG, and Fashion-MNIST samples per likelihood.
+Every number and picture on the page is read from a run folder (summary.json, eval.json,
+config.yaml, .hydra/overrides.yaml, samples/, recon/); nothing is typed by hand.
 
     python benchmarks/results_page.py RUN_OR_PARENT... [--out docs/results.md]
 
-A run counts as a reproduction when it was started with one of the presets below
-(`vaerun train experiment=<preset> ...`) and evaluated on the test split
-(`vaerun eval RUN --iw-samples K --split test`); the largest K evaluated is reported.
+Runs are sorted by the ``experiment=`` preset they were started with:
+- reproductions (the presets in PUBLISHED): evaluated on the test split with
+  ``vaerun eval RUN --iw-samples K --split test``; the largest K evaluated is reported;
+- ``shapes_beta_sweep`` (``vaerun train -m experiment=shapes_beta_sweep``): one point per β;
+- ``fashion_mnist_conv_gaussian``, with or without a ``likelihood=`` override: one column of
+  sample and reconstruction grids per likelihood.
+Pictures go to ``images/results/`` beside the page.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 from vaerun.runs import find_runs
 
+SWEEP, LIKELIHOODS = "shapes_beta_sweep", "fashion_mnist_conv_gaussian"
 PUBLISHED = {
     "mnist_vae_burda": (86.76, "Burda et al. 2015 (IWAE), Table 1: VAE, k = 1, dynamically binarized MNIST, 19 active units"),
     "mnist_vae_burda_short": (86.76, "Burda et al. 2015 (IWAE), Table 1, as above; this preset runs the 8-stage "
                                      "learning-rate schedule 10x compressed (328 epochs instead of 3,280)"),
     "mnist_vae_examples": (None, "pytorch/examples vae/main.py (prints a BCE on grey levels, not an NLL)"),
-    "fashion_mnist_conv_gaussian": (None, "no published number: bits/dim for comparison across likelihoods"),
     "cifar10_conv": (None, "no published number"),
 }
 
@@ -54,12 +60,146 @@ def rows(paths: list[str]) -> list[dict]:
     return sorted(out, key=lambda r: (r["preset"], r["run"]))
 
 
-def page(table: list[dict]) -> str:
+def final_val(folder) -> dict:
+    """The last validation record (the run's end), or {}."""
+    val = folder.read_metrics("val")
+    return val[-1] if val else {}
+
+
+def sweep_rows(paths: list[str]) -> list[dict]:
+    """One row per run of the β sweep: rate (KL), distortion (recon) and MIG at the run's end,
+    all on the validation split at β = 1 (see README "Metrics")."""
+    out = []
+    for folder in find_runs(paths):
+        if folder.experiment() != SWEEP:
+            continue
+        v, summary = final_val(folder), folder.read_summary()
+        if not v:
+            continue
+        out.append({"beta": float(folder.read_config()["beta"]), "rate": v["kl"], "distortion": v["recon"],
+                    "elbo": v["elbo"], "mig": v.get("mig"), "active_units": v["active_units"],
+                    "latent_dim": len(v["kl_per_dim"]), "status": summary.get("status"),
+                    "train_wall_min": (summary.get("wall_time_s") or 0) / 60, "run": str(folder.path)})
+    return sorted(out, key=lambda r: (r["beta"], r["run"]))
+
+
+def likelihood_rows(paths: list[str]) -> list[dict]:
+    """One row per Fashion-MNIST likelihood run: val bits/dim and the last sample/recon grids."""
+    out = []
+    for folder in find_runs(paths):
+        if folder.experiment() != LIKELIHOODS:
+            continue
+        v, summary, cfg = final_val(folder), folder.read_summary(), folder.read_config()
+        samples, recon = folder.grids("samples"), folder.grids("recon")
+        if not v or not samples or not recon:
+            continue
+        lk = cfg["likelihood"]
+        out.append({"likelihood": lk["name"], "learn_sigma": lk.get("learn_sigma"), "mixtures": lk.get("mixtures"),
+                    "bpd": v["bpd"], "bpd_iw": v.get("bpd_iw"), "iw_samples": v.get("iw_samples"),
+                    "iw_n": v.get("iw_n"), "elbo": v["elbo"], "kl": v["kl"], "active_units": v["active_units"],
+                    "latent_dim": len(v["kl_per_dim"]), "epochs": cfg["epochs"], "status": summary.get("status"),
+                    "train_wall_min": (summary.get("wall_time_s") or 0) / 60, "samples": samples[-1],
+                    "recon": recon[-1], "run": str(folder.path)})
+    return sorted(out, key=lambda r: (r["likelihood"], r["run"]))
+
+
+def rate_distortion_figure(sweep: list[dict]):
+    """Rate (KL) against distortion (recon), one point per β, and MIG against β."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.plot([r["rate"] for r in sweep], [r["distortion"] for r in sweep], "o-")
+    for r in sweep:
+        a.annotate(f"β={r['beta']:g}", (r["rate"], r["distortion"]), textcoords="offset points", xytext=(5, 4),
+                   fontsize=8)
+    a.set_xlabel("rate: KL(q(z|x) || p(z)) [nats]")
+    a.set_ylabel("distortion: −log p(x|z) [nats]")
+    a.set_title("rate–distortion (validation, β = 1 terms)", fontsize=10)
+    migs = [r for r in sweep if r["mig"] is not None]
+    b.plot([r["beta"] for r in migs], [r["mig"] for r in migs], "o-")
+    b.set_xscale("log", base=2)
+    b.set_xlabel("β")
+    b.set_ylabel("MIG")
+    b.set_title("mutual information gap (5 ground-truth factors)", fontsize=10)
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def write_pictures(sweep: list[dict], liks: list[dict], images: Path) -> None:
+    """Copies each likelihood run's last grids and draws the sweep's figure into ``images``;
+    rows gain the paths (relative to the page) under "samples_png", "recon_png", "figure"."""
+    images.mkdir(parents=True, exist_ok=True)
+    for r in liks:
+        tag = Path(r["run"]).name
+        for kind in ("samples", "recon"):
+            dest = images / f"fashion_{r['likelihood']}_{tag}_{kind}.png"
+            shutil.copyfile(r[kind], dest)
+            r[f"{kind}_png"] = f"{images.parent.name}/{images.name}/{dest.name}"
+    if sweep:
+        fig = rate_distortion_figure(sweep)
+        fig.savefig(images / "beta_sweep.png", dpi=110, bbox_inches="tight")
+        sweep[0]["figure"] = f"{images.parent.name}/{images.name}/beta_sweep.png"
+
+
+def sweep_section(sweep: list[dict]) -> list[str]:
+    if not sweep:
+        return []
+    lines = ["", "## β sweep on shapes: rate–distortion and disentanglement", "",
+             "`vaerun train -m experiment=shapes_beta_sweep`: one run per β, everything else fixed. Rate is the "
+             "KL term and distortion the reconstruction term of the ELBO, both on the validation split at the "
+             "run's end and evaluated at β = 1; MIG (Chen et al. 2018) compares the posterior means with the "
+             "five ground-truth factors of `shapes` (higher is more disentangled).", ""]
+    if "figure" in sweep[0]:
+        lines += [f"![rate–distortion and MIG of the β sweep]({sweep[0]['figure']})", ""]
+    lines += ["| β | rate (KL) | distortion (recon) | −ELBO | MIG | active units | train time | run |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sweep:
+        mig = "—" if r["mig"] is None else f"{r['mig']:.3f}"
+        lines.append(f"| {r['beta']:g} | {r['rate']:.2f} | {r['distortion']:.2f} | {-r['elbo']:.2f} | {mig} | "
+                     f"{r['active_units']}/{r['latent_dim']} | {r['train_wall_min']:.1f} min | `{r['run']}` |")
+    return lines
+
+
+def likelihood_section(liks: list[dict]) -> list[str]:
+    if not liks:
+        return []
+    lines = ["", "## Likelihoods on Fashion-MNIST: the blur difference", "",
+             f"`vaerun train experiment={LIKELIHOODS} dataset.root=../shared/data [likelihood=...]`: the same conv "
+             "VAE on 8-bit grey levels with each likelihood. Bits/dim from the validation ELBO (and from the "
+             "importance-weighted bound on the first validation images); for the densities on [0, 1] "
+             "(Gaussian, continuous Bernoulli) bits/dim adds log 256 per pixel and is a fair comparison with "
+             "the discrete logistic only for dequantized data (see README \"Metrics\"). Sample grids show each "
+             "likelihood's mean decoded from prior draws; reconstructions pair inputs (odd rows) with their "
+             "decoded posterior means (even rows).", "",
+             "| likelihood | val bits/dim (ELBO) | val bits/dim (IW) | KL | active units | epochs | train time | run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in liks:
+        name = r["likelihood"] + (f" (σ {r['learn_sigma']})" if r["likelihood"] == "gaussian" else "") + \
+            (f" ({r['mixtures']} mixtures)" if r["likelihood"] == "logistic" else "")
+        iw = "—" if r["bpd_iw"] is None else f"{r['bpd_iw']:.4f} (K={r['iw_samples']}, {r['iw_n']} images)"
+        lines.append(f"| {name} | {r['bpd']:.4f} | {iw} | {r['kl']:.2f} | {r['active_units']}/{r['latent_dim']} | "
+                     f"{r['epochs']} | {r['train_wall_min']:.1f} min | `{r['run']}` |")
+    if all("samples_png" in r for r in liks):
+        lines += ["", "| " + " | ".join(r["likelihood"] for r in liks) + " |",
+                  "| " + " | ".join("---" for _ in liks) + " |",
+                  "| " + " | ".join(f"![samples, {r['likelihood']}]({r['samples_png']})" for r in liks) + " |",
+                  "| " + " | ".join(f"![reconstructions, {r['likelihood']}]({r['recon_png']})" for r in liks) + " |"]
+    return lines
+
+
+def page(table: list[dict], sweep: list[dict] = (), liks: list[dict] = ()) -> str:
     fmt = lambda v, f="{:.2f}": "—" if v is None else f.format(v)  # noqa: E731
     lines = ["# Results: vaerun against the literature", "",
              "Generated by `python benchmarks/results_page.py <run folders>` from the run folders themselves "
-             "(summary.json, eval.json, .hydra/overrides.yaml); do not edit by hand. Test NLL is "
-             "`vaerun eval RUN --iw-samples K --split test` (importance-weighted, K samples, nats per image).", "",
+             "(summary.json, eval.json, metrics.jsonl, config.yaml, .hydra/overrides.yaml, the grids); do not edit "
+             "by hand. Test NLL is `vaerun eval RUN --iw-samples K --split test` (importance-weighted, K samples, "
+             "nats per image). Times are wall-clock on the machine named in the device column.", "",
+             "## Reproductions", "",
              "| preset | test nll_iw | K | published | gap | bits/dim | active units | epochs | train + eval time | device | run |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in table:
@@ -68,7 +208,8 @@ def page(table: list[dict]) -> str:
                      f"{fmt(r.get('gap'), '{:+.2f}')} | {fmt(r.get('bpd_iw'), '{:.4f}')} | "
                      f"{r.get('active_units', '—')}/{r.get('latent_dim', '—')} | {r['epochs']:g} | {t:.1f} min | "
                      f"{r['device']} | `{r['run']}` |")
-    lines += ["", "Sources:", ""] + sorted({f"- `{r['preset']}`: {r['source']}" for r in table}) + [""]
+    lines += ["", "Sources:", ""] + sorted({f"- `{r['preset']}`: {r['source']}" for r in table})
+    lines += sweep_section(list(sweep)) + likelihood_section(list(liks)) + [""]
     return "\n".join(lines)
 
 
@@ -77,12 +218,15 @@ def main() -> int:
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "results.md"))
     a = ap.parse_args()
-    table = rows(a.paths)
-    if not table:
-        print("results_page: no run started with a reproduction preset under " + ", ".join(a.paths), file=sys.stderr)
+    table, sweep, liks = rows(a.paths), sweep_rows(a.paths), likelihood_rows(a.paths)
+    if not (table or sweep or liks):
+        print("results_page: no run started with a reproduction preset, shapes_beta_sweep or "
+              f"{LIKELIHOODS} under " + ", ".join(a.paths), file=sys.stderr)
         return 2
-    Path(a.out).write_text(page(table))
-    print(f"wrote {a.out} ({len(table)} runs)")
+    out = Path(a.out)
+    write_pictures(sweep, liks, out.parent / "images" / "results")
+    out.write_text(page(table, sweep, liks))
+    print(f"wrote {out} ({len(table)} reproductions, {len(sweep)} sweep runs, {len(liks)} likelihood runs)")
     return 0
 
 

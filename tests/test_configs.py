@@ -64,7 +64,8 @@ VALUES = [("likelihood=gaussian", "likelihood.learn_sigma", v) for v in ("none",
          [("", "dataset.binarize", v) for v in ("none", "static", "dynamic")] + \
          [("model=conv", "model.kernel", v) for v in ("3", "5")] + \
          [("", "free_bits", "0.5"), ("", "optimizer.grad_clip", "1.0"), ("", "device", "cpu"),
-          ("", "tensorboard", "false"), ("", "max_steps", "null")]
+          ("", "tensorboard", "false"), ("", "max_steps", "null")] + \
+         [("model=conv", "precision", v) for v in ("fp32", "tf32", "bf16")]
 
 
 @pytest.mark.parametrize("base,key,value", VALUES, ids=[f"{k}={v}" for _, k, v in VALUES])

@@ -115,3 +115,48 @@ def test_results_page_reads_its_numbers_from_the_run_folders(tmp_path, capsys):
     text = results_page.page([row])
     out.write_text(text)
     assert f"| `mnist_vae_burda_short` | {ev['nll_iw']:.2f} | 7 | 86.76 |" in text and "Burda et al. 2015" in text
+
+
+def test_results_page_sweep_and_likelihood_sections_come_from_the_folders(tmp_path):
+    """The β-sweep section takes β from each run's config and rate/distortion/MIG from its last
+    validation record; the likelihood section copies each run's last grids next to the page."""
+    import importlib.util
+    import json
+
+    from conftest import REPO, TINY
+
+    spec = importlib.util.spec_from_file_location("results_page", REPO / "benchmarks" / "results_page.py")
+    results_page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results_page)
+
+    quiet = [*TINY, "pictures.latents=false", "pictures.traverse=false"]
+    for beta in ("0.5", "4"):
+        cfg, resolved = compose([*quiet, f"beta={beta}"])
+        folder = RunFolder(tmp_path / "runs" / f"sweep_{beta}")
+        train(cfg, folder, resolved)
+        (folder.path / ".hydra").mkdir()
+        (folder.path / ".hydra" / "overrides.yaml").write_text(f"- experiment=shapes_beta_sweep\n- beta={beta}\n")
+    for lik in ("gaussian", "continuous_bernoulli"):
+        cfg, resolved = compose([*quiet, f"likelihood={lik}"])
+        folder = RunFolder(tmp_path / "runs" / f"lik_{lik}")
+        train(cfg, folder, resolved)
+        (folder.path / ".hydra").mkdir()
+        (folder.path / ".hydra" / "overrides.yaml").write_text(
+            f"- experiment=fashion_mnist_conv_gaussian\n- likelihood={lik}\n")
+
+    runs = [str(tmp_path / "runs")]
+    sweep, liks = results_page.sweep_rows(runs), results_page.likelihood_rows(runs)
+    assert [r["beta"] for r in sweep] == [0.5, 4.0] and results_page.rows(runs) == []
+    last = [json.loads(line) for line in (tmp_path / "runs" / "sweep_4" / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["split"] == "val"][-1]
+    assert sweep[1]["rate"] == last["kl"] and sweep[1]["distortion"] == last["recon"] and sweep[1]["mig"] == last["mig"]
+    assert [r["likelihood"] for r in liks] == ["continuous_bernoulli", "gaussian"]
+
+    out = tmp_path / "docs" / "results.md"
+    results_page.write_pictures(sweep, liks, out.parent / "images" / "results")
+    text = results_page.page([], sweep, liks)
+    assert (out.parent / sweep[0]["figure"]).stat().st_size > 1000
+    for r in liks:
+        assert (out.parent / r["samples_png"]).read_bytes() == r["samples"].read_bytes()
+        assert f"({r['recon_png']})" in text and f"| {r['bpd']:.4f} |" in text
+    assert f"| 4 | {last['kl']:.2f} | {last['recon']:.2f} |" in text

@@ -112,6 +112,12 @@ class Device(Enum):
 ARCond = Enum("ARCond", {"spatial": "spatial", "global": "global"})
 
 
+class Precision(Enum):
+    fp32 = "fp32"  # float32 everywhere
+    tf32 = "tf32"  # float32 tensors, matrix products in TensorFloat-32 where the hardware has it (CUDA Ampere+)
+    bf16 = "bf16"  # encoder and decoder under bfloat16 autocast; the terms, loss and evaluation stay float32
+
+
 class Progress(Enum):
     auto = "auto"  # a live bar on an interactive terminal under the basic launcher, else log lines
     bar = "bar"
@@ -247,6 +253,8 @@ class TrainConfig:
     eval_batch_size: int = 1000
     seed: int = 0
     device: Device = Device.auto
+    precision: Precision = Precision.fp32  # training's arithmetic (evaluation is always float32)
+    compile: bool = False              # torch.compile the training step's forward pass (and its backward)
     eval_every: int = 500              # steps between validation passes (also at the end)
     sample_every: int = 1000           # steps between sample/reconstruction grids (also at the end)
     num_samples: int = 64              # images in each sample grid

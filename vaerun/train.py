@@ -19,7 +19,7 @@ from vaerun.data import Data, load_data
 from vaerun.errors import ConfigError
 from vaerun.likelihoods import build_likelihood
 from vaerun.models import VAE, build_vae
-from vaerun.objectives import elbo_terms, kl_penalty, training_loss
+from vaerun.objectives import Terms, elbo_terms, gaussian_kl, kl_penalty, training_loss
 from vaerun.optim import build_lr_scheduler, build_optimizer
 from vaerun.schedules import Capacity, build_schedule
 
@@ -37,6 +37,7 @@ class Parts:
     steps_per_epoch: int
     total_steps: int
     capacity: Optional[Capacity] = None  # capacity annealing, when on
+    forward: Optional[Callable[[torch.Tensor], Terms]] = None  # the training step's x -> Terms (see make_forward)
 
     def capacity_at(self, step: int) -> Optional[tuple[float, float]]:
         """(γ, C(step)) for training_loss, or None when capacity annealing is off."""
@@ -112,7 +113,51 @@ def build(cfg: TrainConfig) -> Parts:
                                       steps_per_epoch=steps_per_epoch, stage_scale=o.lr_stage_scale)
     cap = cfg.capacity
     capacity = Capacity(cap.c_max, cap.steps, cap.delay_steps, cap.gamma) if cap.gamma > 0 else None
-    return Parts(data, model, optimizer, lr_scheduler, schedule, device, steps_per_epoch, total, capacity)
+    if cfg.precision.value == "bf16" and device.type == "cpu":
+        log.warning("precision=bf16 on a CPU: autocast to bfloat16 is usually several times slower than float32 "
+                    "on CPUs without bf16 instructions (8x for the MNIST MLP on this project's 2-core test machine); "
+                    "it is meant for GPUs. Use precision=fp32 here.")
+    forward = make_forward(model, device, precision=cfg.precision.value, compile=cfg.compile)
+    return Parts(data, model, optimizer, lr_scheduler, schedule, device, steps_per_epoch, total, capacity, forward)
+
+
+def make_forward(model: VAE, device: torch.device, *, precision: str = "fp32", compile: bool = False
+                 ) -> Callable[[torch.Tensor], Terms]:
+    """The training step's forward pass, x -> :class:`Terms`, in the chosen arithmetic.
+
+    ``precision``: ``fp32``; ``tf32`` (float32 matrix products may use TensorFloat-32: CUDA
+    Ampere and later); ``bf16`` (encoder and decoder under bfloat16 autocast; μ, log σ², the
+    reparameterization, the likelihood's log-probability and the KL in float32, so the terms are
+    nats computed in float32 from bf16 network outputs). ``compile``: the pass goes through
+    ``torch.compile`` (Inductor; the backward is compiled with it). Random draws then use eager
+    PyTorch's generator (``fallback_random``), so a compiled run draws the same ε as an eager one
+    on the same seed and differs from it only by floating-point rounding. The model itself is not
+    wrapped: checkpoints and state dicts are the same either way. Evaluation never uses this."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    if precision == "bf16":
+        def forward(x: torch.Tensor) -> Terms:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                mu, logvar = model.encode(x)
+            mu, logvar = mu.float(), logvar.float()
+            z = model.reparameterize(mu, logvar)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                params = model.decode(z, x)
+            return Terms(-model.likelihood.log_prob(params.float(), x), gaussian_kl(mu, logvar), mu, logvar)
+    else:
+        def forward(x: torch.Tensor) -> Terms:
+            return elbo_terms(model, x)
+    if not compile:
+        return forward
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True
+    compiled = torch.compile(lambda x: astuple(forward(x)), dynamic=False)
+    return lambda x: Terms(*compiled(x))
+
+
+def astuple(t: Terms) -> tuple[torch.Tensor, ...]:
+    return t.recon, t.kl_per_dim, t.mu, t.logvar
 
 
 @contextlib.contextmanager
@@ -134,13 +179,15 @@ def total_grad_norm(params) -> torch.Tensor:
 
 
 def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, beta: float, free_bits: float,
-               grad_clip: float, capacity: Optional[tuple[float, float]] = None, update: str = "all"):
+               grad_clip: float, capacity: Optional[tuple[float, float]] = None, update: str = "all",
+               forward: Optional[Callable[[torch.Tensor], Terms]] = None):
     """One optimizer step on batch x. Returns (loss, terms, grad_norm, ok): the global gradient
     norm before clipping, and whether loss and gradients were finite. A non-finite step is never
     taken (the one host sync per step buys that guarantee). ``update``: ``all``, ``encoder``
     (only the encoder's parameters move) or ``decoder`` (everything but the encoder): the
-    others' gradients are dropped, so the optimizer skips them (aggressive training)."""
-    terms = elbo_terms(model, x)
+    others' gradients are dropped, so the optimizer skips them (aggressive training).
+    ``forward``: x -> Terms for this model (:func:`make_forward`); plain float32 eager by default."""
+    terms = forward(x) if forward is not None else elbo_terms(model, x)
     loss = training_loss(terms, beta, free_bits, capacity)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
