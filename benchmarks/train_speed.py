@@ -93,13 +93,16 @@ def main() -> int:
     data = ["dataset=mnist", f"dataset.root={a.data}", "dataset.subset=8192"] if mnist else \
         ["dataset=shapes", "dataset.num_examples=8192"]
     gpu = a.device == "cuda"
+    models, variants = a.models.split(","), a.variants.split(",")
+    for kind, asked, known in (("model", models, MODELS), ("variant", variants, VARIANTS)):
+        bad = [v for v in asked if v not in known]
+        if bad:
+            print(f"train_speed: unknown {kind} {', '.join(map(repr, bad))}; choose from {', '.join(known)}",
+                  file=sys.stderr)
+            return 2
     results = []
-    for model in a.models.split(","):
-        for variant in a.variants.split(","):
-            if model not in MODELS or variant not in VARIANTS:
-                print(f"train_speed: unknown model {model!r} or variant {variant!r}; models: {', '.join(MODELS)}; "
-                      f"variants: {', '.join(VARIANTS)}", file=sys.stderr)
-                return 2
+    for model in models:
+        for variant in variants:
             steps = {"mlp": 400, "conv": 200, "autoregressive": 100}[model] if gpu else \
                 {"mlp": 100, "conv": 20, "autoregressive": 4}[model]
             if a.quick:

@@ -1,0 +1,36 @@
+"""The benchmark scripts run (smoke runs on tiny sizes; their figures live in docs/, not here)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from conftest import REPO
+
+
+def test_train_speed_prints_a_table_and_writes_json(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_speed.py"), "--device", "cpu", "--quick",
+                           "--models", "mlp", "--variants", "fp32,bf16", "--data", str(tmp_path / "none"),
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())["results"]
+    assert [(r["model"], r["variant"], r["dataset"]) for r in res] == [("mlp", "fp32", "shapes"), ("mlp", "bf16", "shapes")]
+    assert all(r["examples_per_sec"] > 0 and len(r["runs"]) == 3 for r in res)
+    assert "| mlp            | bf16         |" in proc.stdout and "vs fp32" in proc.stdout
+
+
+def test_train_speed_rejects_an_unknown_variant(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_speed.py"), "--device", "cpu",
+                           "--variants", "fp8"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown variant 'fp8'; choose from fp32, bf16, compile" in proc.stderr
+
+
+def test_gpu_check_says_when_there_is_no_gpu():
+    if torch.cuda.is_available():
+        return  # the real check runs on GPU machines: bash benchmarks/gpu_check.sh
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                          timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    assert proc.returncode == 2 and "no CUDA device" in proc.stdout + proc.stderr
