@@ -83,18 +83,27 @@ def test_mnist_presets_train_a_few_steps(tmp_path, preset):
     assert summary["status"] == "completed" and summary["steps"] == 3
 
 
+def load_results_page():
+    """benchmarks/results_page.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("results_page", REPO / "benchmarks" / "results_page.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_results_page_reads_its_numbers_from_the_run_folders(tmp_path, capsys):
     """benchmarks/results_page.py: a run started with a reproduction preset and evaluated on the
     test split becomes a row whose numbers are the folder's own (eval.json, summary.json)."""
-    import importlib.util
     import json
 
-    from conftest import REPO, TINY
+    from conftest import TINY
     from vaerun import commands
 
-    spec = importlib.util.spec_from_file_location("results_page", REPO / "benchmarks" / "results_page.py")
-    results_page = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(results_page)
+    results_page = load_results_page()
 
     cfg, resolved = compose([*TINY, "pictures.latents=false", "pictures.traverse=false"])
     folder = RunFolder(tmp_path / "runs" / "a")
@@ -120,14 +129,11 @@ def test_results_page_reads_its_numbers_from_the_run_folders(tmp_path, capsys):
 def test_results_page_sweep_and_likelihood_sections_come_from_the_folders(tmp_path):
     """The β-sweep section takes β from each run's config and rate/distortion/MIG from its last
     validation record; the likelihood section copies each run's last grids next to the page."""
-    import importlib.util
     import json
 
-    from conftest import REPO, TINY
+    from conftest import TINY
 
-    spec = importlib.util.spec_from_file_location("results_page", REPO / "benchmarks" / "results_page.py")
-    results_page = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(results_page)
+    results_page = load_results_page()
 
     quiet = [*TINY, "pictures.latents=false", "pictures.traverse=false"]
     for beta in ("0.5", "4"):

@@ -6,6 +6,7 @@ loss is *not* the ELBO: the ELBO is always −(recon + KL) at β = 1.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -36,12 +37,20 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.square() + logvar.exp() - logvar - 1.0)
 
 
-def elbo_terms(model: VAE, x: torch.Tensor) -> Terms:
-    """One-sample Monte Carlo ELBO terms for a batch x (B, C, H, W)."""
-    mu, logvar = model.encode(x)
+def elbo_terms(model: VAE, x: torch.Tensor, autocast: Optional[torch.dtype] = None) -> Terms:
+    """One-sample Monte Carlo ELBO terms for a batch x (B, C, H, W). ``autocast`` (e.g.
+    torch.bfloat16): the encoder and decoder run under autocast to that dtype; μ, log σ², z, the
+    log-likelihood and the KL stay float32 (the ``.float()`` calls are no-ops otherwise)."""
+    def networks():
+        return torch.autocast(x.device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+
+    with networks():
+        mu, logvar = model.encode(x)
+    mu, logvar = mu.float(), logvar.float()
     z = model.reparameterize(mu, logvar)
-    params = model.decode(z, x)
-    recon = -model.likelihood.log_prob(params, x)
+    with networks():
+        params = model.decode(z, x)
+    recon = -model.likelihood.log_prob(params.float(), x)
     return Terms(recon, gaussian_kl(mu, logvar), mu, logvar)
 
 

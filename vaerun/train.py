@@ -19,7 +19,7 @@ from vaerun.data import Data, load_data
 from vaerun.errors import ConfigError
 from vaerun.likelihoods import build_likelihood
 from vaerun.models import VAE, build_vae
-from vaerun.objectives import Terms, elbo_terms, gaussian_kl, kl_penalty, training_loss
+from vaerun.objectives import Terms, elbo_terms, kl_penalty, training_loss
 from vaerun.optim import build_lr_scheduler, build_optimizer
 from vaerun.schedules import Capacity, build_schedule
 
@@ -135,18 +135,10 @@ def make_forward(model: VAE, device: torch.device, *, precision: str = "fp32", c
     wrapped: checkpoints and state dicts are the same either way. Evaluation never uses this."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    if precision == "bf16":
-        def forward(x: torch.Tensor) -> Terms:
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                mu, logvar = model.encode(x)
-            mu, logvar = mu.float(), logvar.float()
-            z = model.reparameterize(mu, logvar)
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                params = model.decode(z, x)
-            return Terms(-model.likelihood.log_prob(params.float(), x), gaussian_kl(mu, logvar), mu, logvar)
-    else:
-        def forward(x: torch.Tensor) -> Terms:
-            return elbo_terms(model, x)
+    autocast = torch.bfloat16 if precision == "bf16" else None
+
+    def forward(x: torch.Tensor) -> Terms:
+        return elbo_terms(model, x, autocast)
     if not compile:
         return forward
     import torch._inductor.config as inductor_config
