@@ -144,8 +144,8 @@ def _nan_at(monkeypatch, steps: set[int]):
 
     real, calls = train_module.elbo_terms, {"n": 0}
 
-    def faulty(model, x):
-        terms = real(model, x)
+    def faulty(model, x, *args, **kwargs):
+        terms = real(model, x, *args, **kwargs)
         if model.training:
             calls["n"] += 1
             if calls["n"] in steps:

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA, compose, have_mnist, make_fake_cifar10
+from vaerun.config import validate
+from vaerun.errors import ConfigError
 from vaerun.optim import build_lr_scheduler, burda_epochs, burda_stage
 from vaerun.runs import RunFolder
 from vaerun.session import train
@@ -30,6 +32,25 @@ def test_burda_schedule_stages_and_learning_rates():
     assert lrs[0] == pytest.approx(1e-3) and lrs[9] == pytest.approx(1e-3)
     assert lrs[10] == pytest.approx(1e-3 * 10 ** (-1 / 7)) and lrs[39] == pytest.approx(1e-3 * 10 ** (-1 / 7))
     assert lrs[40] == pytest.approx(1e-3 * 10 ** (-2 / 7)) and lrs[130] == pytest.approx(1e-3 * 10 ** (-3 / 7))
+
+
+def test_burda_schedule_with_equal_stages_decays_geometrically():
+    # lr_stage_growth=1: eight stages of `scale` epochs each, lr·10^(−i/7) in stage i
+    assert burda_epochs(41, growth=1) == 328 and burda_epochs(1, growth=2) == 255
+    assert [burda_stage(e, 41, growth=1) for e in (0, 40.9, 41, 82, 287, 327.9, 400)] == [0, 0, 1, 2, 7, 7, 7]
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=1e-3)
+    sched = build_lr_scheduler(opt, "burda", total_steps=10 ** 6, steps_per_epoch=10, stage_scale=2,
+                               stage_growth=1)
+    lrs = []
+    for _ in range(170):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert [lrs[20 * i] for i in range(8)] == pytest.approx([1e-3 * 10 ** (-i / 7) for i in range(8)])
+    assert lrs[19] == pytest.approx(1e-3) and lrs[169] == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="optimizer.lr_stage_growth"):
+        validate(compose(["optimizer.lr_stage_growth=0"])[0])
 
 
 def test_presets_compose_to_the_published_settings():

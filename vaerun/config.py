@@ -192,7 +192,8 @@ class OptimizerConfig:
     lr_gamma: float = 0.5              # step, plateau: multiply the lr by this
     lr_patience: int = 2               # plateau: evaluations without improvement
     lr_min: float = 0.0                # cosine, plateau: floor
-    lr_stage_scale: float = 1.0        # burda: stage i lasts 3^i·scale epochs (1 = the paper's 3,280 epochs)
+    lr_stage_scale: float = 1.0        # burda: stage i lasts growth^i·scale epochs (1 = the paper's 3,280 epochs)
+    lr_stage_growth: float = 3.0       # burda: 3 = the paper's 1, 3, 9, ... epochs; 1 = eight equal stages
 
 
 @dataclass
@@ -381,6 +382,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(o.grad_clip >= 0, "optimizer.grad_clip", o.grad_clip, "must be >= 0 (0 = off)", "use e.g. optimizer.grad_clip=1.0")
     _check(o.lr_stage_scale > 0, "optimizer.lr_stage_scale", o.lr_stage_scale, "must be positive",
            "use e.g. optimizer.lr_stage_scale=0.1")
+    _check(o.lr_stage_growth > 0, "optimizer.lr_stage_growth", o.lr_stage_growth, "must be positive",
+           "use 3 (the paper's stage lengths) or 1 (eight equal stages)")
     _check(o.lr_step_size > 0, "optimizer.lr_step_size", o.lr_step_size, "must be positive", "use e.g. optimizer.lr_step_size=2000")
     _check(0 < o.lr_gamma <= 1, "optimizer.lr_gamma", o.lr_gamma, "must be in (0, 1]", "use e.g. optimizer.lr_gamma=0.5")
     _check(o.lr_patience >= 0, "optimizer.lr_patience", o.lr_patience, "must be >= 0", "use e.g. optimizer.lr_patience=2")

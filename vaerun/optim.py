@@ -10,20 +10,21 @@ OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 LR_SCHEDULERS = ("none", "cosine", "step", "plateau", "burda")
 
 
-def burda_stage(epoch: float, scale: float = 1.0, stages: int = 8) -> int:
+def burda_stage(epoch: float, scale: float = 1.0, stages: int = 8, growth: float = 3.0) -> int:
     """The stage i of Burda et al. 2015's schedule at a (fractional) epoch: stage i lasts
-    3^i·scale epochs; after the last stage the last one continues."""
+    growth^i·scale epochs (the paper: growth 3, scale 1); after the last stage the last one
+    continues. growth 1 gives eight equal stages: a geometric decay from lr to lr/10."""
     end = 0.0
     for i in range(stages):
-        end += 3 ** i * scale
+        end += growth ** i * scale
         if epoch < end:
             return i
     return stages - 1
 
 
-def burda_epochs(scale: float = 1.0, stages: int = 8) -> float:
-    """Epochs the whole schedule takes: Σ 3^i·scale (3,280 at scale 1)."""
-    return sum(3 ** i for i in range(stages)) * scale
+def burda_epochs(scale: float = 1.0, stages: int = 8, growth: float = 3.0) -> float:
+    """Epochs the whole schedule takes: Σ growth^i·scale (3,280 at the paper's growth 3, scale 1)."""
+    return sum(growth ** i for i in range(stages)) * scale
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, *, lr: float, weight_decay: float = 0.0,
@@ -50,14 +51,14 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, *, lr: floa
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, name: str, *, total_steps: int, step_size: int = 2000,
                        gamma: float = 0.5, patience: int = 2, lr_min: float = 0.0, steps_per_epoch: int = 1,
-                       stage_scale: float = 1.0):
+                       stage_scale: float = 1.0, stage_growth: float = 3.0):
     """cosine, step and burda are stepped once per optimizer step; plateau once per validation
     pass (on the validation loss). Returns None for ``none``."""
     if name == "none":
         return None
     if name == "burda":  # lr·10^(−i/7) during stage i (Burda et al. 2015, section 5)
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 10 ** (-burda_stage(step / steps_per_epoch, stage_scale) / 7))
+            optimizer, lambda step: 10 ** (-burda_stage(step / steps_per_epoch, stage_scale, growth=stage_growth) / 7))
     if name == "cosine":
         base = optimizer.param_groups[0]["lr"]
 

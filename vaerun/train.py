@@ -110,7 +110,8 @@ def build(cfg: TrainConfig) -> Parts:
                                 betas=tuple(o.betas), eps=o.eps, momentum=o.momentum, fused=o.fused)
     lr_scheduler = build_lr_scheduler(optimizer, o.lr_scheduler.value, total_steps=total, step_size=o.lr_step_size,
                                       gamma=o.lr_gamma, patience=o.lr_patience, lr_min=o.lr_min,
-                                      steps_per_epoch=steps_per_epoch, stage_scale=o.lr_stage_scale)
+                                      steps_per_epoch=steps_per_epoch, stage_scale=o.lr_stage_scale,
+                                      stage_growth=o.lr_stage_growth)
     cap = cfg.capacity
     capacity = Capacity(cap.c_max, cap.steps, cap.delay_steps, cap.gamma) if cap.gamma > 0 else None
     if cfg.precision.value == "bf16" and device.type == "cpu":
