@@ -129,3 +129,31 @@ def test_a_code_under_one_nat_whose_decoder_ignores_z_is_near_total_collapse():
     used = dict(zdep, recon_shuffled=130.0, recon_prior=131.0, shuffle_penalty=29.4)
     c3 = checks(diagnose([dict(val, kl_per_dim=kl3, kl=sum(kl3))], config, used))["posterior_collapse"]
     assert c3["status"] == "warning" and c3["verdict"].startswith("partial collapse")
+
+
+def test_early_kl_vanishing_is_a_problem_only_when_the_surviving_code_is_empty():
+    """Half the dims below the threshold in the first 20 % of the run is flagged; whether it is a
+    problem depends on what the end of the run still carries."""
+    from vaerun.diagnose import _early_vanishing
+
+    def rec(step, kl):
+        return {"step": step, "split": "val", "kl_per_dim": kl, "kl": sum(kl)}
+
+    healthy = [0.5] * 8
+    assert _early_vanishing([rec(100, healthy), rec(1000, healthy)], 0.01, 200)["status"] == "ok"
+    # dead early (step 100 <= 200) and not recovered, but 3 dims still carry 24 nats: a warning
+    half = [0.001] * 5 + [8.0] * 3
+    w = _early_vanishing([rec(100, half), rec(1000, half)], 0.01, 200)
+    assert w["status"] == "warning" and w["verdict"] == "KL vanished early (step 100: 5/8 dims)"
+    assert "3 dims that stayed active carry 24.0 nats" in w["explanation"]
+    assert w["evidence"] == {"step": 100, "collapsed_then": "5/8", "collapsed_at_end": "5/8", "kl_at_end": 24.005}
+    # dead early and the code ends (near) empty: a problem
+    empty = [0.001] * 7 + [0.2]
+    p = _early_vanishing([rec(100, half), rec(1000, empty)], 0.01, 200)
+    assert p["status"] == "problem" and "stayed active" not in p["explanation"]
+    assert p["next_steps"][0] == "schedule=linear schedule.warmup_steps=1000"
+    # partly recovered: a warning that says so
+    r = _early_vanishing([rec(100, [0.001] * 6 + [0.3] * 2), rec(1000, half)], 0.01, 200)
+    assert r["status"] == "warning" and r["verdict"].endswith(", partly recovered")
+    # vanishing only after the early window is not this check's business
+    assert _early_vanishing([rec(100, healthy), rec(900, half)], 0.01, 200)["status"] == "ok"
