@@ -32,6 +32,19 @@ PUBLISHED = {
 }
 
 
+QUIET_OVERRIDES = ("out_dir=", "progress=", "dataset.root=", "experiment=")  # where and how, not what
+
+
+def lr_schedule(cfg: dict) -> str:
+    """The run's learning-rate schedule in words, from its resolved config.yaml."""
+    o = cfg.get("optimizer", {})
+    name = o.get("lr_scheduler", "none")
+    if name == "burda":  # runs from before lr_stage_growth existed used the paper's growth 3
+        return (f"burda: stage i of {o.get('lr_stage_growth', 3.0):g}^i·{o.get('lr_stage_scale', 1.0):g} epochs "
+                f"at {o.get('lr', 1e-3):g}·10^(−i/7)")
+    return f"{name}, lr {o.get('lr', 1e-3):g}"
+
+
 def test_entry(folder) -> tuple[int, dict] | None:
     """The test-split evaluation with the largest K in eval.json: (K, result)."""
     entries = [(int(k.rsplit("K=", 1)[1]), v) for k, v in folder.read_report("eval.json").items()
@@ -45,9 +58,11 @@ def rows(paths: list[str]) -> list[dict]:
         preset = folder.experiment()
         if preset not in PUBLISHED:
             continue
-        summary, ev = folder.read_summary(), test_entry(folder)
+        summary, ev, cfg = folder.read_summary(), test_entry(folder), folder.read_config()
         published, source = PUBLISHED[preset]
         row = {"preset": preset, "run": str(folder.path), "status": summary.get("status"),
+               "lr_schedule": lr_schedule(cfg), "overrides": [o for o in folder.read_overrides()
+                                                              if not o.startswith(QUIET_OVERRIDES)],
                "epochs": round(summary.get("steps", 0) / max(summary.get("steps_per_epoch") or 1, 1), 2),
                "train_wall_min": (summary.get("wall_time_s") or 0) / 60, "device": summary.get("device"),
                "val_elbo": (summary.get("final_val") or {}).get("elbo"), "published": published, "source": source}
@@ -206,14 +221,16 @@ def page(table: list[dict], sweep: list[dict] = (), liks: list[dict] = ()) -> st
              "by hand. Test NLL is `vaerun eval RUN --iw-samples K --split test` (importance-weighted, K samples, "
              "nats per image). Times are wall-clock on the machine named in the device column.", "",
              "## Reproductions", "",
-             "| preset | test nll_iw | K | published | gap | bits/dim | active units | epochs | train + eval time | device | run |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| preset | test nll_iw | K | published | gap | bits/dim | active units | epochs | learning rate | "
+             "train + eval time | device | overrides | run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in table:
         t = r["train_wall_min"] + r.get("eval_min", 0)
         lines.append(f"| `{r['preset']}` | {fmt(r.get('nll_iw'))} | {r.get('k', '—')} | {fmt(r['published'])} | "
                      f"{fmt(r.get('gap'), '{:+.2f}')} | {fmt(r.get('bpd_iw'), '{:.4f}')} | "
-                     f"{r.get('active_units', '—')}/{r.get('latent_dim', '—')} | {r['epochs']:g} | {t:.1f} min | "
-                     f"{r['device']} | `{r['run']}` |")
+                     f"{r.get('active_units', '—')}/{r.get('latent_dim', '—')} | {r['epochs']:g} | {r['lr_schedule']} | "
+                     f"{t:.1f} min | {r['device']} | {'`' + ' '.join(r['overrides']) + '`' if r['overrides'] else '—'} | "
+                     f"`{r['run']}` |")
     lines += ["", "Sources:", ""] + sorted({f"- `{r['preset']}`: {r['source']}" for r in table})
     lines += sweep_section(list(sweep)) + likelihood_section(list(liks)) + [""]
     return "\n".join(lines)

@@ -145,6 +145,14 @@ def test_results_page_reads_its_numbers_from_the_run_folders(tmp_path, capsys):
     text = results_page.page([row])
     out.write_text(text)
     assert f"| `mnist_vae_burda_short` | {ev['nll_iw']:.2f} | 7 | 86.76 |" in text and "Burda et al. 2015" in text
+    # the learning-rate schedule comes from config.yaml, the settings from the run's own overrides
+    assert row["lr_schedule"] == "none, lr 0.001" and row["overrides"] == ["seed=0"]
+    assert "| none, lr 0.001 |" in text and "| `seed=0` |" in text
+    assert results_page.lr_schedule({"optimizer": {"lr_scheduler": "burda", "lr": 1e-3, "lr_stage_scale": 41,
+                                                   "lr_stage_growth": 1.0}}) == \
+        "burda: stage i of 1^i·41 epochs at 0.001·10^(−i/7)"
+    assert results_page.lr_schedule({"optimizer": {"lr_scheduler": "burda", "lr_stage_scale": 0.1}}) == \
+        "burda: stage i of 3^i·0.1 epochs at 0.001·10^(−i/7)"
 
 
 def test_results_page_sweep_and_likelihood_sections_come_from_the_folders(tmp_path):
