@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from vaerun.runs import RunFolder
+from vaerun.runs import RunFolder, model_weights
 
 
 class Run:
@@ -76,7 +76,7 @@ class Run:
             state = self.folder.load_checkpoint(checkpoint, map_location=self.device)
             shape = tuple(self.summary.get("data_shape") or self.data().shape)
             vae = build_model(self.cfg, shape)
-            vae.load_state_dict(state["model"])
+            vae.load_state_dict(model_weights(state))
             self._models[checkpoint] = vae.to(self.device).eval()
         return self._models[checkpoint]
 

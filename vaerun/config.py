@@ -194,6 +194,7 @@ class OptimizerConfig:
     lr_min: float = 0.0                # cosine, plateau: floor
     lr_stage_scale: float = 1.0        # burda: stage i lasts growth^i·scale epochs (1 = the paper's 3,280 epochs)
     lr_stage_growth: float = 3.0       # burda: 3 = the paper's 1, 3, 9, ... epochs; 1 = eight equal stages
+    ema: float = 0.0                   # evaluate and checkpoint a moving average of the weights with this decay; 0 = off
 
 
 @dataclass
@@ -382,6 +383,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(o.grad_clip >= 0, "optimizer.grad_clip", o.grad_clip, "must be >= 0 (0 = off)", "use e.g. optimizer.grad_clip=1.0")
     _check(o.lr_stage_scale > 0, "optimizer.lr_stage_scale", o.lr_stage_scale, "must be positive",
            "use e.g. optimizer.lr_stage_scale=0.1")
+    _check(o.ema == 0 or 0 < o.ema < 1, "optimizer.ema", o.ema, "must be 0 (off) or in (0, 1)",
+           "use e.g. optimizer.ema=0.999 (an average over about the last 1,000 steps)")
     _check(o.lr_stage_growth > 0, "optimizer.lr_stage_growth", o.lr_stage_growth, "must be positive",
            "use 3 (the paper's stage lengths) or 1 (eight equal stages)")
     _check(o.lr_step_size > 0, "optimizer.lr_step_size", o.lr_step_size, "must be positive", "use e.g. optimizer.lr_step_size=2000")

@@ -66,13 +66,16 @@ def checkpoint_state(parts: Parts, state: LoopState, rngs: Rngs, acc: Accumulato
     return {"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
             "lr_scheduler": parts.lr_scheduler.state_dict() if parts.lr_scheduler is not None else None,
             "step": state.step, "epoch": state.step / parts.steps_per_epoch, "best_elbo": state.best_elbo,
-            "loop": asdict(state), "accumulator": acc.state_dict(), "rng": rng, "config": config}
+            "loop": asdict(state), "accumulator": acc.state_dict(), "rng": rng, "config": config,
+            **({"ema_model": parts.ema.model_state(parts.model)} if parts.ema is not None else {})}
 
 
 def restore(parts: Parts, ckpt: dict, rngs: Rngs, acc: Accumulator) -> LoopState:
     """Puts model, optimizer, scheduler, RNGs and the accumulator back as they were at ``ckpt``."""
     parts.model.load_state_dict(ckpt["model"])
     parts.optimizer.load_state_dict(ckpt["optimizer"])
+    if parts.ema is not None:  # a checkpoint from before the average existed cannot be resumed with one
+        parts.ema.load_model_state(ckpt["ema_model"])
     if parts.lr_scheduler is not None and ckpt["lr_scheduler"] is not None:
         parts.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
     rng = ckpt["rng"]
@@ -251,6 +254,8 @@ class Trainer:
         if not ok:
             return self._non_finite(loss, terms, gnorm)
         self.consecutive_skips = 0
+        if p.ema is not None:
+            p.ema.update()
         self.acc.add(loss, terms.recon, terms.kl_per_dim)
         self.state.step += 1
         self.seen += x.shape[0]
@@ -333,9 +338,10 @@ class Trainer:
 
     def _evaluate(self, beta: float) -> None:
         t, s, p, dg = time.time(), self.state, self.parts, self.cfg.diagnostics
-        v = evaluate(p.model, p.data, "val", self.cfg.eval_batch_size, beta=beta, free_bits=self.cfg.free_bits,
-                     seed=self.cfg.seed, au_threshold=dg.au_threshold, mi_examples=dg.mi_examples,
-                     iw_samples=dg.iw_samples, iw_examples=dg.iw_examples)
+        with p.evaluated():
+            v = evaluate(p.model, p.data, "val", self.cfg.eval_batch_size, beta=beta, free_bits=self.cfg.free_bits,
+                         seed=self.cfg.seed, au_threshold=dg.au_threshold, mi_examples=dg.mi_examples,
+                         iw_samples=dg.iw_samples, iw_examples=dg.iw_examples)
         if dg.grad_norms:
             x = p.data.prepare(p.data.val.images[:self.cfg.batch_size], torch.Generator(p.device).manual_seed(1))
             v.update(term_grad_norms(p.model, x, beta, self.cfg.free_bits))
@@ -355,8 +361,9 @@ class Trainer:
 
     def _grids(self) -> None:
         t = time.time()
-        grids = save_grids(self.run, self.parts.model, self.parts.data, self.state.step, self.cfg.num_samples,
-                           self.cfg.seed)
+        with self.parts.evaluated():
+            grids = save_grids(self.run, self.parts.model, self.parts.data, self.state.step, self.cfg.num_samples,
+                               self.cfg.seed)
         if self.writer is not None:
             for kind, grid in grids.items():
                 self.writer.add_image(kind, grid, self.state.step)

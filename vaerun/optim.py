@@ -1,8 +1,9 @@
 """Optimizers and learning-rate schedulers from typed arguments (registries, no config objects)."""
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 
@@ -76,3 +77,48 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, name: str, *, total_ste
 
 def is_per_step(scheduler: Optional[object]) -> bool:
     return scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's parameters (Polyak averaging; NVAE and VDVAE
+    evaluate with one): after every training step avg ← decay·avg + (1 − decay)·θ, one fused
+    ``_foreach_lerp_`` over all parameters. Starts at the initial weights; with decay 0.999 the
+    start is forgotten after a few thousand steps. Buffers are not averaged (the models have none
+    that training changes)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.names = [n for n, _ in model.named_parameters()]
+        self.live = [p for _, p in model.named_parameters()]  # the model's own tensors (updated in place)
+        self.avg = [p.detach().clone() for p in self.live]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.avg, [p.detach() for p in self.live], 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """Inside the block the model holds the averaged weights; afterwards its own again, bit for bit."""
+        with torch.no_grad():
+            own = [p.detach().clone() for p in self.live]
+            for p, a in zip(self.live, self.avg):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, o in zip(self.live, own):
+                    p.copy_(o)
+
+    def model_state(self, model: torch.nn.Module) -> dict:
+        """``model.state_dict()`` with the averaged parameters: what evaluation loads."""
+        state = dict(model.state_dict())
+        state.update({n: a.detach().clone() for n, a in zip(self.names, self.avg)})
+        return state
+
+    @torch.no_grad()
+    def load_model_state(self, state: dict) -> None:
+        for n, a in zip(self.names, self.avg):
+            a.copy_(state[n])

@@ -264,6 +264,12 @@ def image_grid(images, nrow: int, padding: int = 2, pad_value: float = 0.5):
     return grid
 
 
+def model_weights(checkpoint: dict) -> dict:
+    """The weights to evaluate from a loaded checkpoint: the moving average when the run kept
+    one (optimizer.ema), else the trained weights."""
+    return checkpoint["ema_model"] if "ema_model" in checkpoint else checkpoint["model"]
+
+
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Loads a vaerun checkpoint with ``weights_only=True`` (a pickle that would run code is
     refused). Every failure is a CheckpointError naming the file and what to do."""

@@ -89,7 +89,9 @@ def _diagnose(run, config: dict, parts, seed: int) -> dict:
     """Runs `vaerun diagnose` on the finished model; returns the verdicts for summary.json."""
     from vaerun.diagnose import diagnose, to_markdown, z_dependence
 
-    report = diagnose(run.read_metrics(), config, z_dependence(parts.model, parts.data, seed=seed))
+    with parts.evaluated():  # the weights the validation records were computed with
+        zdep = z_dependence(parts.model, parts.data, seed=seed)
+    report = diagnose(run.read_metrics(), config, zdep)
     run.write_report("diagnosis.json", report)
     run.write_report("diagnosis.md", to_markdown(report, str(run.path)))
     log.info("diagnosis: %s — %s (details: vaerun diagnose %s)", report["overall"], report["headline"], run.path)
@@ -100,6 +102,7 @@ def _diagnose(run, config: dict, parts, seed: int) -> dict:
 def _pictures(cfg: TrainConfig, run, parts) -> None:
     """Traversal and latent map from the best checkpoint into pictures/ (config: pictures.*)."""
     from vaerun.pictures import end_of_training
+    from vaerun.runs import model_weights
 
     pc = cfg.pictures
     traverse = pc.traverse
@@ -110,7 +113,7 @@ def _pictures(cfg: TrainConfig, run, parts) -> None:
     t = time.time()
     best = run.load_checkpoint("best", map_location=parts.device)
     model = copy.deepcopy(parts.model)  # the trained model stays as it is
-    model.load_state_dict(best["model"])
+    model.load_state_dict(model_weights(best))
     written = end_of_training(run, model, parts.data, traverse=traverse, latents=pc.latents,
                               steps=pc.traverse_steps, span=pc.traverse_range, max_dims=pc.max_dims,
                               threshold=cfg.diagnostics.collapse_threshold, label_names=parts.data.label_names,

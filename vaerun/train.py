@@ -20,7 +20,7 @@ from vaerun.errors import ConfigError
 from vaerun.likelihoods import build_likelihood
 from vaerun.models import VAE, build_vae
 from vaerun.objectives import Terms, elbo_terms, kl_penalty, training_loss
-from vaerun.optim import build_lr_scheduler, build_optimizer
+from vaerun.optim import WeightAverage, build_lr_scheduler, build_optimizer
 from vaerun.schedules import Capacity, build_schedule
 
 log = logging.getLogger("vaerun")
@@ -38,6 +38,11 @@ class Parts:
     total_steps: int
     capacity: Optional[Capacity] = None  # capacity annealing, when on
     forward: Optional[Callable[[torch.Tensor], Terms]] = None  # the training step's x -> Terms (see make_forward)
+    ema: Optional[WeightAverage] = None  # optimizer.ema: the averaged weights evaluation and checkpoints use
+
+    def evaluated(self):
+        """A context in which the model holds the weights evaluation uses (the average, when on)."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
     def capacity_at(self, step: int) -> Optional[tuple[float, float]]:
         """(γ, C(step)) for training_loss, or None when capacity annealing is off."""
@@ -119,7 +124,9 @@ def build(cfg: TrainConfig) -> Parts:
                     "on CPUs without bf16 instructions (8x for the MNIST MLP on this project's 2-core test machine); "
                     "it is meant for GPUs. Use precision=fp32 here.")
     forward = make_forward(model, device, precision=cfg.precision.value, compile=cfg.compile)
-    return Parts(data, model, optimizer, lr_scheduler, schedule, device, steps_per_epoch, total, capacity, forward)
+    ema = WeightAverage(model, o.ema) if o.ema > 0 else None
+    return Parts(data, model, optimizer, lr_scheduler, schedule, device, steps_per_epoch, total, capacity, forward,
+                 ema)
 
 
 def make_forward(model: VAE, device: torch.device, *, precision: str = "fp32", compile: bool = False
