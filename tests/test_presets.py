@@ -59,7 +59,8 @@ def test_presets_compose_to_the_published_settings():
     assert burda.batch_size == 20 and burda.optimizer.eps == 1e-4 and burda.epochs == 3280
     assert burda.optimizer.lr_scheduler.value == "burda" and burda.dataset.binarize.value == "dynamic"
     short, _ = compose(["experiment=mnist_vae_burda_short"])
-    assert short.optimizer.lr_stage_scale == 0.1 and short.epochs == 328 and short.model.latent_dim == 50
+    assert (short.optimizer.lr_stage_growth, short.optimizer.lr_stage_scale, short.epochs) == (1, 41, 328)
+    assert short.model.latent_dim == 50 and burda_epochs(41, growth=1) == short.epochs
     ex, _ = compose(["experiment=mnist_vae_examples"])
     assert (ex.model.hidden, ex.model.latent_dim, ex.batch_size, ex.optimizer.lr) == ([400], 20, 128, 1e-3)
     fm, _ = compose(["experiment=fashion_mnist_conv_gaussian"])
