@@ -92,11 +92,12 @@ class WeightAverage:
         self.decay = decay
         self.names = [n for n, _ in model.named_parameters()]
         self.live = [p for _, p in model.named_parameters()]  # the model's own tensors (updated in place)
+        self._views = [p.detach() for p in self.live]  # same storage: optimizers and loads write in place
         self.avg = [p.detach().clone() for p in self.live]
 
     @torch.no_grad()
     def update(self) -> None:
-        torch._foreach_lerp_(self.avg, [p.detach() for p in self.live], 1.0 - self.decay)
+        torch._foreach_lerp_(self.avg, self._views, 1.0 - self.decay)
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
