@@ -33,7 +33,11 @@ PUBLISHED = {
 }
 
 
-QUIET_OVERRIDES = ("out_dir=", "progress=", "dataset.root=", "experiment=")  # where and how, not what
+def run_overrides(folder) -> list[str]:
+    """The run's command-line overrides that change what was trained: not where the data and
+    outputs were, how progress showed, or the experiment (each table names it)."""
+    return [o for o in folder.read_overrides()
+            if not o.startswith(("out_dir=", "progress=", "dataset.root=", "experiment="))]
 
 
 def lr_schedule(cfg: dict) -> str:
@@ -62,8 +66,7 @@ def rows(paths: list[str]) -> list[dict]:
         summary, ev, cfg = folder.read_summary(), test_entry(folder), folder.read_config()
         published, source = PUBLISHED[preset]
         row = {"preset": preset, "run": str(folder.path), "status": summary.get("status"),
-               "lr_schedule": lr_schedule(cfg), "overrides": [o for o in folder.read_overrides()
-                                                              if not o.startswith(QUIET_OVERRIDES)],
+               "lr_schedule": lr_schedule(cfg), "overrides": run_overrides(folder),
                "epochs": round(summary.get("steps", 0) / max(summary.get("steps_per_epoch") or 1, 1), 2),
                "train_wall_min": (summary.get("wall_time_s") or 0) / 60, "device": summary.get("device"),
                "val_elbo": (summary.get("final_val") or {}).get("elbo"), "published": published, "source": source}
@@ -116,7 +119,7 @@ def likelihood_rows(paths: list[str]) -> list[dict]:
                     "latent_dim": len(v["kl_per_dim"]), "epochs": cfg["epochs"], "status": summary.get("status"),
                     "train_wall_min": (summary.get("wall_time_s") or 0) / 60, "samples": samples[-1],
                     "recon": recon[-1], "run": str(folder.path),
-                    "overrides": [o for o in folder.read_overrides() if not o.startswith(("out_dir=", "progress="))]})
+                    "overrides": run_overrides(folder)})
     return sorted(out, key=lambda r: (r["likelihood"], r["run"]))
 
 

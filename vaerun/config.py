@@ -383,10 +383,10 @@ def validate(cfg: TrainConfig) -> None:
     _check(o.grad_clip >= 0, "optimizer.grad_clip", o.grad_clip, "must be >= 0 (0 = off)", "use e.g. optimizer.grad_clip=1.0")
     _check(o.lr_stage_scale > 0, "optimizer.lr_stage_scale", o.lr_stage_scale, "must be positive",
            "use e.g. optimizer.lr_stage_scale=0.1")
-    _check(o.ema == 0 or 0 < o.ema < 1, "optimizer.ema", o.ema, "must be 0 (off) or in (0, 1)",
-           "use e.g. optimizer.ema=0.999 (an average over about the last 1,000 steps)")
     _check(o.lr_stage_growth > 0, "optimizer.lr_stage_growth", o.lr_stage_growth, "must be positive",
            "use 3 (the paper's stage lengths) or 1 (eight equal stages)")
+    _check(o.ema == 0 or 0 < o.ema < 1, "optimizer.ema", o.ema, "must be 0 (off) or in (0, 1)",
+           "use e.g. optimizer.ema=0.999 (an average over about the last 1,000 steps)")
     _check(o.lr_step_size > 0, "optimizer.lr_step_size", o.lr_step_size, "must be positive", "use e.g. optimizer.lr_step_size=2000")
     _check(0 < o.lr_gamma <= 1, "optimizer.lr_gamma", o.lr_gamma, "must be in (0, 1]", "use e.g. optimizer.lr_gamma=0.5")
     _check(o.lr_patience >= 0, "optimizer.lr_patience", o.lr_patience, "must be >= 0", "use e.g. optimizer.lr_patience=2")

@@ -91,35 +91,29 @@ class WeightAverage:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         self.decay = decay
         self.names = [n for n, _ in model.named_parameters()]
-        self.live = [p for _, p in model.named_parameters()]  # the model's own tensors (updated in place)
-        self._views = [p.detach() for p in self.live]  # same storage: optimizers and loads write in place
-        self.avg = [p.detach().clone() for p in self.live]
+        # detached views of the model's own parameters: optimizers and loads write them in place
+        self.params = [p.detach() for _, p in model.named_parameters()]
+        self.avg = [p.clone() for p in self.params]
 
     @torch.no_grad()
     def update(self) -> None:
-        torch._foreach_lerp_(self.avg, self._views, 1.0 - self.decay)
+        torch._foreach_lerp_(self.avg, self.params, 1.0 - self.decay)
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
         """Inside the block the model holds the averaged weights; afterwards its own again, bit for bit."""
-        with torch.no_grad():
-            own = [p.detach().clone() for p in self.live]
-            for p, a in zip(self.live, self.avg):
-                p.copy_(a)
+        own = [p.clone() for p in self.params]
+        torch._foreach_copy_(self.params, self.avg)
         try:
             yield
         finally:
-            with torch.no_grad():
-                for p, o in zip(self.live, own):
-                    p.copy_(o)
+            torch._foreach_copy_(self.params, own)
 
     def model_state(self, model: torch.nn.Module) -> dict:
         """``model.state_dict()`` with the averaged parameters: what evaluation loads."""
         state = dict(model.state_dict())
-        state.update({n: a.detach().clone() for n, a in zip(self.names, self.avg)})
+        state.update({n: a.clone() for n, a in zip(self.names, self.avg)})
         return state
 
-    @torch.no_grad()
     def load_model_state(self, state: dict) -> None:
-        for n, a in zip(self.names, self.avg):
-            a.copy_(state[n])
+        torch._foreach_copy_(self.avg, [state[n].to(a.device) for n, a in zip(self.names, self.avg)])
