@@ -476,9 +476,10 @@ def write_page(r: dict, path: Path) -> None:
                       "full batches and the smaller last one). "
                       + ("On this machine it does not pay: the step's time is mostly in the matrix products "
                          "(the same BLAS calls either way) and the fused Adam update, which compilation does not "
-                         "change, so what fusion saves is within this machine's drift. It stays off by default; it "
-                         "is there for GPUs, where fusing the elementwise work saves kernel launches "
-                         "(benchmarks/gpu_check.sh measures it)."
+                         "change, so what fusion saves is within this machine's drift. It stays off by default. "
+                         "On an H200 its default mode does not pay either (the small models' steps are bound by "
+                         "the host's kernel launches, not the GPU); `compile_mode=reduce_overhead`, which replays "
+                         "the compiled passes as CUDA graphs, does: see performance_gpu.md."
                          if c["median"]["vaerun_compiled"] <= c["median"]["vaerun"] else
                          "It pays for runs long enough to amortize the compilation; it stays off by default because "
                          "the default experiment trains for about 30 s."), ""]

@@ -1,5 +1,6 @@
 """Training throughput of the MLP, conv and autoregressive models in each arithmetic: float32,
-bfloat16 autocast (precision=bf16), torch.compile (compile=true) and both. One table.
+bfloat16 autocast (precision=bf16), torch.compile (compile=true), both, and on CUDA the compiled
+step replayed as CUDA graphs (compile_mode=reduce_overhead, alone and with bf16). One table.
 
     python benchmarks/train_speed.py [--device cuda] [--data ../shared/data] [--quick] [--json FILE]
 
@@ -35,7 +36,11 @@ MODELS = {
                         "model.ar_cond_channels=16", "model.latent_dim=16", "model.ar_cond=global"], 64),
 }
 VARIANTS = {"fp32": [], "bf16": ["precision=bf16"], "compile": ["compile=true"],
-            "compile+bf16": ["compile=true", "precision=bf16"]}
+            "compile+bf16": ["compile=true", "precision=bf16"],
+            # CUDA graphs (torch.compile's reduce-overhead mode): on a CPU the same as "compile"
+            "graphs": ["compile=true", "compile_mode=reduce_overhead"],
+            "graphs+bf16": ["compile=true", "compile_mode=reduce_overhead", "precision=bf16"]}
+CPU_VARIANTS = ["fp32", "bf16", "compile", "compile+bf16"]
 
 
 def sync(device: torch.device) -> None:
@@ -85,7 +90,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--data", default=os.environ.get("VAERUN_DATA", str(REPO.parent / "shared" / "data")))
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", help="default: all on CUDA; on a CPU all but the CUDA-graph ones")
     ap.add_argument("--quick", action="store_true", help="a few steps per cell (a smoke run)")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
@@ -93,7 +98,8 @@ def main() -> int:
     data = ["dataset=mnist", f"dataset.root={a.data}", "dataset.subset=8192"] if mnist else \
         ["dataset=shapes", "dataset.num_examples=8192"]
     gpu = a.device == "cuda"
-    models, variants = a.models.split(","), a.variants.split(",")
+    models = a.models.split(",")
+    variants = a.variants.split(",") if a.variants else list(VARIANTS) if gpu else CPU_VARIANTS
     for kind, asked, known in (("model", models, MODELS), ("variant", variants, VARIANTS)):
         bad = [v for v in asked if v not in known]
         if bad:
@@ -101,14 +107,18 @@ def main() -> int:
                   file=sys.stderr)
             return 2
     results = []
-    for model in models:
-        for variant in variants:
+    m = machine()
+    # variant-major: every model's float32 and bf16 cells come before the (slow to warm up) compiled ones,
+    # and the JSON is rewritten after each cell, so a run stopped at its time limit keeps what it measured
+    for variant in variants:
+        for model in models:
             steps = {"mlp": 400, "conv": 200, "autoregressive": 100}[model] if gpu else \
                 {"mlp": 100, "conv": 20, "autoregressive": 4}[model]
             if a.quick:
                 steps = max(2, steps // 10)
             warmup = 10 if gpu or model == "mlp" else 3
             t = time.time()
+            torch._dynamo.reset()  # each cell compiles afresh (one process would otherwise hit dynamo's recompile limit)
             try:
                 r = measure(model, variant, a.device, data, steps, warmup)
             except Exception as err:  # a variant this device/torch cannot run: say so, keep going
@@ -118,8 +128,12 @@ def main() -> int:
             print(f"[train_speed] {model:>14} {variant:>12}: " + (
                 f"{r['examples_per_sec']:>10,.0f} ex/s (warm-up {r['warmup_s']:.1f}s)" if "error" not in r
                 else r["error"]), flush=True)
+            if a.json:
+                done = sorted(results, key=lambda r: (models.index(r["model"]), variants.index(r["variant"])))
+                Path(a.json).write_text(json.dumps({"machine": m, "device": a.device, "results": done},
+                                                   indent=2) + "\n")
     base = {r["model"]: r.get("examples_per_sec") for r in results if r["variant"] == "fp32"}
-    m = machine()
+    results.sort(key=lambda r: (models.index(r["model"]), variants.index(r["variant"])))
     print(f"\nvaerun training throughput · {m['gpu'] or m['cpu']} · torch {m['torch']} · device {a.device} · "
           f"{'MNIST' if mnist else 'shapes'} · dynamic binarization, Adam (fused), full vaerun step")
     print(f"| {'model':<14} | {'variant':<12} | {'batch':>5} | {'examples/s':>11} | {'vs fp32':>7} | "
@@ -133,8 +147,6 @@ def main() -> int:
         ratio = r["examples_per_sec"] / base[r["model"]] if base.get(r["model"]) else float("nan")
         print(f"| {r['model']:<14} | {r['variant']:<12} | {r['batch_size']:>5} | {r['examples_per_sec']:>11,.0f} | "
               f"{ratio:>6.2f}x | {r['warmup_s']:>20.1f} s |")
-    if a.json:
-        Path(a.json).write_text(json.dumps({"machine": m, "device": a.device, "results": results}, indent=2) + "\n")
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -53,9 +53,11 @@ def test_cfg_job_prints_the_composed_config():
     ("model.latent_dimm=4", "model.latent_dimm", "model.latent_dim=4"),
     ("likelihood.learn_sigma=glob", "likelihood.learn_sigma", "global"),
     ("dataset.binarize=yes", "dataset.binarize", "dynamic"),
+    ("compile_mode=reduce_overhead", "compile_mode", "compile=true"),   # needs compile=true
+    ("compile=true compile_mode=graphs", "compile_mode", "reduce_overhead"),
 ])
 def test_config_errors_are_one_screen_without_traceback(override, key, fix):
-    out = vaerun("train", override)
+    out = vaerun("train", *override.split())
     text = out.stdout + out.stderr
     assert out.returncode != 0
     assert "Traceback" not in text

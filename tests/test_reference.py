@@ -56,6 +56,8 @@ def reference_losses(cfg, steps: int, warmup: int) -> list[dict]:
     ("mlp", [], 2e-5), ("conv", [], 2e-5),
     pytest.param("mlp", ["compile=true"], 2e-5,  # Inductor with eager RNG: rounding differences only
                  marks=pytest.mark.slow),      # (about 40 s of compilation on 2 cores: make test-all)
+    pytest.param("mlp", ["compile=true", "compile_mode=reduce_overhead"], 2e-5,  # CUDA graphs on a GPU; here
+                 marks=pytest.mark.slow),      # the same kernels (benchmarks/gpu_check.py checks it on CUDA)
     ("conv", ["precision=bf16"], 2e-2),       # bf16 matrix products: ~3 significant digits per product
 ])
 def test_loss_trajectory_matches_a_plain_reference_loop(tmp_path, model, options, rel):

@@ -118,6 +118,12 @@ class Precision(Enum):
     bf16 = "bf16"  # encoder and decoder under bfloat16 autocast; the terms, loss and evaluation stay float32
 
 
+class CompileMode(Enum):
+    default = "default"                  # Inductor kernels: elementwise work fused into few loops
+    reduce_overhead = "reduce-overhead"  # the same, replayed as CUDA graphs: one launch per pass (CUDA only)
+    max_autotune = "max-autotune"        # autotuned matrix-product kernels and CUDA graphs (long compile)
+
+
 class Progress(Enum):
     auto = "auto"  # a live bar on an interactive terminal under the basic launcher, else log lines
     bar = "bar"
@@ -257,6 +263,7 @@ class TrainConfig:
     device: Device = Device.auto
     precision: Precision = Precision.fp32  # training's arithmetic (evaluation is always float32)
     compile: bool = False              # torch.compile the training step's forward pass (and its backward)
+    compile_mode: CompileMode = CompileMode.default  # torch.compile's mode (with compile=true)
     eval_every: int = 500              # steps between validation passes (also at the end)
     sample_every: int = 1000           # steps between sample/reconstruction grids (also at the end)
     num_samples: int = 64              # images in each sample grid
@@ -308,6 +315,9 @@ def validate(cfg: TrainConfig) -> None:
         _check(cfg.max_steps > 0, "max_steps", cfg.max_steps, "must be positive", "use e.g. max_steps=1000, or max_steps=null")
     for key in ("eval_every", "sample_every", "log_every", "checkpoint_every"):
         _check(getattr(cfg, key) > 0, key, getattr(cfg, key), "must be a positive number of steps", f"use e.g. {key}=500")
+    _check(cfg.compile or cfg.compile_mode == CompileMode.default, "compile_mode", cfg.compile_mode.name,
+           "chooses how torch.compile builds the step, and compile is off",
+           f"add compile=true (compile=true compile_mode={cfg.compile_mode.name}), or drop compile_mode")
     _check(cfg.nan_retries >= 0, "nan_retries", cfg.nan_retries, "must be >= 0", "use e.g. nan_retries=3")
     _check(cfg.nan_max_skips > 0, "nan_max_skips", cfg.nan_max_skips, "must be positive", "use e.g. nan_max_skips=20")
     dg = cfg.diagnostics

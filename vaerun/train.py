@@ -123,14 +123,19 @@ def build(cfg: TrainConfig) -> Parts:
         log.warning("precision=bf16 on a CPU: autocast to bfloat16 is usually several times slower than float32 "
                     "on CPUs without bf16 instructions (8x for the MNIST MLP on this project's 2-core test machine); "
                     "it is meant for GPUs. Use precision=fp32 here.")
-    forward = make_forward(model, device, precision=cfg.precision.value, compile=cfg.compile)
+    if cfg.compile and cfg.compile_mode.name != "default" and device.type != "cuda":
+        log.warning("compile_mode=%s on %s: its CUDA graphs need a CUDA device, so this compiles as "
+                    "compile_mode=default would (the first steps still pay the compilation)",
+                    cfg.compile_mode.name, device.type)
+    forward = make_forward(model, device, precision=cfg.precision.value, compile=cfg.compile,
+                           mode=cfg.compile_mode.value)
     ema = WeightAverage(model, o.ema) if o.ema > 0 else None
     return Parts(data, model, optimizer, lr_scheduler, schedule, device, steps_per_epoch, total, capacity, forward,
                  ema)
 
 
-def make_forward(model: VAE, device: torch.device, *, precision: str = "fp32", compile: bool = False
-                 ) -> Callable[[torch.Tensor], Terms]:
+def make_forward(model: VAE, device: torch.device, *, precision: str = "fp32", compile: bool = False,
+                 mode: str = "default") -> Callable[[torch.Tensor], Terms]:
     """The training step's forward pass, x -> :class:`Terms`, in the chosen arithmetic.
 
     ``precision``: ``fp32``; ``tf32`` (float32 matrix products may use TensorFloat-32: CUDA
@@ -140,7 +145,11 @@ def make_forward(model: VAE, device: torch.device, *, precision: str = "fp32", c
     ``torch.compile`` (Inductor; the backward is compiled with it). Random draws then use eager
     PyTorch's generator (``fallback_random``), so a compiled run draws the same ε as an eager one
     on the same seed and differs from it only by floating-point rounding. The model itself is not
-    wrapped: checkpoints and state dicts are the same either way. Evaluation never uses this."""
+    wrapped: checkpoints and state dicts are the same either way. Evaluation never uses this.
+    ``mode``: torch.compile's mode; ``reduce-overhead`` and ``max-autotune`` replay the compiled
+    forward and backward as CUDA graphs, which removes the per-kernel launch cost that bounds a
+    small model's step on a GPU. Each call marks a new step for the graphs, so a step's outputs
+    are read before the next call overwrites them (the training step consumes them at once)."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
     autocast = torch.bfloat16 if precision == "bf16" else None
@@ -152,8 +161,14 @@ def make_forward(model: VAE, device: torch.device, *, precision: str = "fp32", c
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True
-    compiled = torch.compile(lambda x: astuple(forward(x)), dynamic=False)
-    return lambda x: Terms(*compiled(x))
+    compiled = torch.compile(lambda x: astuple(forward(x)), dynamic=False, mode=None if mode == "default" else mode)
+    if mode == "default" or device.type != "cuda":
+        return lambda x: Terms(*compiled(x))
+
+    def graphed(x: torch.Tensor) -> Terms:
+        torch.compiler.cudagraph_mark_step_begin()
+        return Terms(*compiled(x))
+    return graphed
 
 
 def astuple(t: Terms) -> tuple[torch.Tensor, ...]:
