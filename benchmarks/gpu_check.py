@@ -49,7 +49,32 @@ def records(run_dir: Path) -> list[dict]:
     return out
 
 
-SECTIONS = ("default", "variants", "graphs", "resume")
+def default_experiment() -> None:
+    """The default experiment (device=auto must pick CUDA), then eval (importance weighted) and
+    diagnose on its run folder."""
+    out = run("train", f"out_dir={OUT}/default", "progress=log")
+    print("\n".join(l for l in out.stdout.splitlines() if "val @" in l or "done" in l or "diagnosis" in l)[-1500:])
+    d, s = summary_of(OUT / "default")
+    check(out.returncode == 0 and s["status"] == "completed" and s["device"].startswith("cuda"),
+          f"default experiment on {s.get('device')}: {s.get('wall_time_s')} s, "
+          f"{s.get('examples_per_sec') or 0:.0f} ex/s, val elbo {s['final_val']['elbo']:.2f}")
+    out = run("eval", str(d), "--iw-samples", "1000", "--split", "test")
+    check(out.returncode == 0 and "nll_iw" in out.stdout, "vaerun eval --iw-samples 1000 on CUDA")
+    print(out.stdout[-1200:])
+    out = run("diagnose", str(d))
+    check(out.returncode == 0, "vaerun diagnose on CUDA")
+
+
+def variants() -> None:
+    """Every model x likelihood on CUDA, a few hundred steps."""
+    for i, extra in enumerate((["model=conv"], ["model=conv", "likelihood=gaussian", "likelihood.learn_sigma=pixel"],
+                               ["likelihood=gaussian", "likelihood.learn_sigma=channel", "dataset.binarize=dynamic"])):
+        out = run("train", *extra, "max_steps=300", "eval_every=150", f"out_dir={OUT}/variant{i}")
+        if out.returncode:
+            print(out.stdout[-2000:], out.stderr[-2000:])
+        _, s = summary_of(OUT / f"variant{i}")
+        check(out.returncode == 0 and s["status"] == "completed",
+              f"{' '.join(extra)}: {s.get('examples_per_sec') or 0:.0f} ex/s, elbo {s['final_val']['elbo']:.2f}")
 
 
 def graphs_follow_eager() -> None:
@@ -76,6 +101,37 @@ def graphs_follow_eager() -> None:
           "compile_mode=reduce_overhead follows the eager trajectory on CUDA")
 
 
+def resume_after_sigint() -> None:
+    """SIGINT then resume on CUDA, against an uninterrupted run."""
+    run("train", *FAULT, f"out_dir={OUT}/ref")
+    ref_dir, _ = summary_of(OUT / "ref")
+    proc = subprocess.Popen([*VAERUN, "train", *FAULT, f"out_dir={OUT}/int"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    while True:
+        m = list((OUT / "int").rglob("metrics.jsonl"))
+        if m and any(json.loads(l)["step"] >= 250 for l in m[0].read_text().splitlines() if '"train"' in l):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=120)
+    int_dir, s = summary_of(OUT / "int")
+    check(rc == 130 and s["status"] == "interrupted", f"SIGINT on CUDA: exit {rc}, status {s['status']}")
+    res = run("train", f"resume={int_dir}")
+    check(res.returncode == 0, "resume on CUDA")
+    if res.returncode:
+        print(res.stdout[-3000:], res.stderr[-3000:])
+    a, b = records(ref_dir), records(int_dir)
+    same = a == b
+    diff = max((abs(x[k] - y[k]) for x, y in zip(a, b) for k in ("loss", "recon", "kl") if k in x), default=0.0)
+    check(len(a) == len(b), f"resumed run has the same records ({len(b)} vs {len(a)})")
+    print(f"resumed == uninterrupted bit for bit on CUDA: {same}; largest difference {diff:.3g} nats")
+    check(diff < 1e-2 * max(1.0, abs(a[-1]["loss"])), "resumed run matches the uninterrupted one on CUDA")
+
+
+SECTIONS = {"graphs": graphs_follow_eager, "default": default_experiment, "variants": variants,
+            "resume": resume_after_sigint}
+
+
 def main() -> int:
     import argparse
 
@@ -83,69 +139,14 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all)")
-    only = set((ap.parse_args().only or ",".join(SECTIONS)).split(","))
+    only = (ap.parse_args().only or ",".join(SECTIONS)).split(",")
     print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
           torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
-    if "graphs" in only:
-        graphs_follow_eager()
-    if only & {"default", "variants", "resume"}:
-        rest(only)
+    for name, section in SECTIONS.items():
+        if name in only:
+            section()
     print("FAILURES:", failures if failures else "none")
     return 1 if failures else 0
-
-
-def rest(only: set) -> None:
-    if "default" in only:
-        # 1. the default experiment, device=auto must pick CUDA
-        out = run("train", f"out_dir={OUT}/default", "progress=log")
-        print("\n".join(l for l in out.stdout.splitlines() if "val @" in l or "done" in l or "diagnosis" in l)[-1500:])
-        d, s = summary_of(OUT / "default")
-        check(out.returncode == 0 and s["status"] == "completed" and s["device"].startswith("cuda"),
-              f"default experiment on {s.get('device')}: {s.get('wall_time_s')} s, "
-              f"{s.get('examples_per_sec') or 0:.0f} ex/s, val elbo {s['final_val']['elbo']:.2f}")
-    if "variants" in only:
-        # 2. every model x likelihood on CUDA, a few hundred steps
-        for i, extra in enumerate((["model=conv"], ["model=conv", "likelihood=gaussian", "likelihood.learn_sigma=pixel"],
-                                   ["likelihood=gaussian", "likelihood.learn_sigma=channel", "dataset.binarize=dynamic"])):
-            out = run("train", *extra, "max_steps=300", "eval_every=150", f"out_dir={OUT}/variant{i}")
-            if out.returncode:
-                print(out.stdout[-2000:], out.stderr[-2000:])
-            _, s = summary_of(OUT / f"variant{i}")
-            check(out.returncode == 0 and s["status"] == "completed",
-                  f"{' '.join(extra)}: {s.get('examples_per_sec') or 0:.0f} ex/s, elbo {s['final_val']['elbo']:.2f}")
-    if "default" in only:
-        # 3. eval (importance weighted) and diagnose on CUDA
-        out = run("eval", str(d), "--iw-samples", "1000", "--split", "test")
-        check(out.returncode == 0 and "nll_iw" in out.stdout, "vaerun eval --iw-samples 1000 on CUDA")
-        print(out.stdout[-1200:])
-        out = run("diagnose", str(d))
-        check(out.returncode == 0, "vaerun diagnose on CUDA")
-    if "resume" in only:
-        # 4. SIGINT then resume on CUDA vs uninterrupted
-        run("train", *FAULT, f"out_dir={OUT}/ref")
-        ref_dir, _ = summary_of(OUT / "ref")
-        proc = subprocess.Popen([*VAERUN, "train", *FAULT, f"out_dir={OUT}/int"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        while True:
-            m = list((OUT / "int").rglob("metrics.jsonl"))
-            if m and any(json.loads(l)["step"] >= 250 for l in m[0].read_text().splitlines() if '"train"' in l):
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=120)
-        int_dir, s = summary_of(OUT / "int")
-        check(rc == 130 and s["status"] == "interrupted", f"SIGINT on CUDA: exit {rc}, status {s['status']}")
-        res = run("train", f"resume={int_dir}")
-        check(res.returncode == 0, "resume on CUDA")
-        if res.returncode:
-            print(res.stdout[-3000:], res.stderr[-3000:])
-        a, b = records(ref_dir), records(int_dir)
-        same = a == b
-        diff = max((abs(x[k] - y[k]) for x, y in zip(a, b) for k in ("loss", "recon", "kl") if k in x), default=0.0)
-        check(len(a) == len(b), f"resumed run has the same records ({len(b)} vs {len(a)})")
-        print(f"resumed == uninterrupted bit for bit on CUDA: {same}; largest difference {diff:.3g} nats")
-        check(diff < 1e-2 * max(1.0, abs(a[-1]["loss"])), "resumed run matches the uninterrupted one on CUDA")
-
 
 if __name__ == "__main__":
     sys.exit(main())

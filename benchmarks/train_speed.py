@@ -108,6 +108,9 @@ def main() -> int:
             return 2
     results = []
     m = machine()
+
+    def cell_order(r: dict) -> tuple[int, int]:  # the table's order: model-major
+        return models.index(r["model"]), variants.index(r["variant"])
     # variant-major: every model's float32 and bf16 cells come before the (slow to warm up) compiled ones,
     # and the JSON is rewritten after each cell, so a run stopped at its time limit keeps what it measured
     for variant in variants:
@@ -129,11 +132,11 @@ def main() -> int:
                 f"{r['examples_per_sec']:>10,.0f} ex/s (warm-up {r['warmup_s']:.1f}s)" if "error" not in r
                 else r["error"]), flush=True)
             if a.json:
-                done = sorted(results, key=lambda r: (models.index(r["model"]), variants.index(r["variant"])))
-                Path(a.json).write_text(json.dumps({"machine": m, "device": a.device, "results": done},
+                Path(a.json).write_text(json.dumps({"machine": m, "device": a.device,
+                                                    "results": sorted(results, key=cell_order)},
                                                    indent=2) + "\n")
     base = {r["model"]: r.get("examples_per_sec") for r in results if r["variant"] == "fp32"}
-    results.sort(key=lambda r: (models.index(r["model"]), variants.index(r["variant"])))
+    results.sort(key=cell_order)
     print(f"\nvaerun training throughput · {m['gpu'] or m['cpu']} · torch {m['torch']} · device {a.device} · "
           f"{'MNIST' if mnist else 'shapes'} · dynamic binarization, Adam (fused), full vaerun step")
     print(f"| {'model':<14} | {'variant':<12} | {'batch':>5} | {'examples/s':>11} | {'vs fp32':>7} | "

@@ -165,7 +165,7 @@ def make_forward(model: VAE, device: torch.device, *, precision: str = "fp32", c
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True
-    compiled = torch.compile(lambda x: astuple(forward(x)), dynamic=False, mode=None if mode == "default" else mode)
+    compiled = torch.compile(lambda x: astuple(forward(x)), dynamic=False, mode=mode)
     if mode == "default" or device.type != "cuda":
         return lambda x: Terms(*compiled(x))
 
