@@ -77,6 +77,7 @@ def main() -> int:
         cfg, resolved = compose([*data, "model=mlp", "model.hidden=[400]", "model.latent_dim=20", f"batch_size={bs}",
                                  f"device={a.device}", "likelihood=bernoulli", "dataset.binarize=dynamic",
                                  "schedule=constant", "optimizer=adam", "progress=log", "tensorboard=false",
+                                 "fused_mlp=false",  # the autograd step, as these rows and benchmarks/gpu/ measure
                                  f"max_steps={NEVER}", f"eval_every={NEVER}", f"sample_every={NEVER}",
                                  f"checkpoint_every={NEVER}"])
         n = a.steps
@@ -111,7 +112,7 @@ def main() -> int:
                 trainer._step(xb)
 
             def no_sync_step(model, optimizer, x, beta, free_bits, grad_clip, capacity=None, update="all",
-                             forward=None):  # train_step without the guard's host sync (what it would gain)
+                             forward=None, fused=None):  # train_step without the guard's host sync (what it would gain)
                 terms = forward(x) if forward is not None else elbo_terms(model, x)
                 loss = training_loss(terms, beta, free_bits, capacity)
                 optimizer.zero_grad(set_to_none=True)

@@ -152,7 +152,23 @@ def _nan_at(monkeypatch, steps: set[int]):
                 terms.recon = terms.recon * float("nan")
         return terms
 
+    real_pass = train_module.fused_pass
+
+    def faulty_pass(model):  # the MLP's written-out pass (fused_mlp=true) skips elbo_terms
+        pass_ = real_pass(model)
+        if pass_ is None:
+            return None
+
+        def wrapped(x, *args, **kwargs):
+            loss, terms = pass_(x, *args, **kwargs)
+            calls["n"] += 1
+            if calls["n"] in steps:
+                terms.recon, loss = terms.recon * float("nan"), loss * float("nan")
+            return loss, terms
+        return wrapped
+
     monkeypatch.setattr(train_module, "elbo_terms", faulty)
+    monkeypatch.setattr(train_module, "fused_pass", faulty_pass)
 
 
 def _tiny(tmp_path, *extra):

@@ -264,6 +264,7 @@ class TrainConfig:
     precision: Precision = Precision.fp32  # training's arithmetic (evaluation is always float32)
     compile: bool = False              # torch.compile the training step's forward pass (and its backward)
     compile_mode: CompileMode = CompileMode.default  # torch.compile's mode (with compile=true)
+    fused_mlp: bool = True             # MLP models: the step's backward written out, no autograd graph (faster)
     eval_every: int = 500              # steps between validation passes (also at the end)
     sample_every: int = 1000           # steps between sample/reconstruction grids (also at the end)
     num_samples: int = 64              # images in each sample grid

@@ -31,6 +31,16 @@ class Likelihood(nn.Module):
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # (B,) nats
         raise NotImplementedError
 
+    def log_prob_grad(self, params: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log_prob (B,), d log_prob_b / d params (B, C*K, H, W)), without a graph kept: for a
+        backward written out by hand (models/fused.py). Autograd here; subclasses with a closed
+        form override it."""
+        with torch.enable_grad():
+            p = params.detach().requires_grad_()
+            lp = self.log_prob(p, x)
+            grad, = torch.autograd.grad(lp.sum(), p)
+        return lp.detach(), grad
+
     def mean(self, params: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         raise NotImplementedError
 
@@ -47,6 +57,10 @@ class Bernoulli(Likelihood):
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         nll = F.binary_cross_entropy_with_logits(params, x, reduction="none")  # (B, C, H, W)
         return -nll.flatten(1).sum(1)
+
+    def log_prob_grad(self, params: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """d/dη [x log σ(η) + (1 − x) log(1 − σ(η))] = x − σ(η)."""
+        return self.log_prob(params, x), x - torch.sigmoid(params)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(params)

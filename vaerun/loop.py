@@ -250,7 +250,8 @@ class Trainer:
             self._aggressive_inner(beta)
         loss, terms, gnorm, ok = train_step(p.model, p.optimizer, x, beta, cfg.free_bits, cfg.optimizer.grad_clip,
                                             p.capacity_at(self.state.step),
-                                            update="decoder" if self.state.aggressive else "all", forward=p.forward)
+                                            update="decoder" if self.state.aggressive else "all", forward=p.forward,
+                                            fused=p.fused)
         if not ok:
             return self._non_finite(loss, terms, gnorm)
         self.consecutive_skips = 0
@@ -284,7 +285,8 @@ class Trainer:
             idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=self.rngs.inner, device=p.device)
             x = p.data.prepare(images[idx], self.rngs.inner)
             loss, _, _, ok = train_step(p.model, p.optimizer, x, beta, cfg.free_bits, cfg.optimizer.grad_clip,
-                                        p.capacity_at(self.state.step), update="encoder", forward=p.forward)
+                                        p.capacity_at(self.state.step), update="encoder", forward=p.forward,
+                                        fused=p.fused)
             if not ok:  # a non-finite inner step is never applied; leave the rest to the outer step's policy
                 break
             window = window + loss

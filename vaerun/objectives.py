@@ -37,20 +37,28 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.square() + logvar.exp() - logvar - 1.0)
 
 
+def gaussian_kl_grad(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """d KL_d / d μ_d = μ_d and d KL_d / d log σ²_d = ½(σ² − 1) for :func:`gaussian_kl`, (B, D) each."""
+    return mu, 0.5 * (logvar.exp() - 1.0)
+
+
 def elbo_terms(model: VAE, x: torch.Tensor, autocast: Optional[torch.dtype] = None) -> Terms:
     """One-sample Monte Carlo ELBO terms for a batch x (B, C, H, W). ``autocast`` (e.g.
     torch.bfloat16): the encoder and decoder run under autocast to that dtype; μ, log σ², z, the
-    log-likelihood and the KL stay float32 (the ``.float()`` calls are no-ops otherwise)."""
+    log-likelihood and the KL stay float32. Without it everything stays in the model's dtype."""
     def networks():
         return torch.autocast(x.device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
 
+    def full(t: torch.Tensor) -> torch.Tensor:
+        return t.float() if autocast is not None else t
+
     with networks():
         mu, logvar = model.encode(x)
-    mu, logvar = mu.float(), logvar.float()
+    mu, logvar = full(mu), full(logvar)
     z = model.reparameterize(mu, logvar)
     with networks():
         params = model.decode(z, x)
-    recon = -model.likelihood.log_prob(params.float(), x)
+    recon = -model.likelihood.log_prob(full(params), x)
     return Terms(recon, gaussian_kl(mu, logvar), mu, logvar)
 
 
@@ -81,3 +89,18 @@ def training_loss(terms: Terms, beta: float, free_bits: float, capacity: Optiona
         gamma, c = capacity
         penalty = gamma * (penalty - c).abs()
     return terms.recon.mean() + beta * penalty
+
+
+def kl_weights(kl_per_dim: torch.Tensor, beta: float, free_bits: float,
+               capacity: Optional[tuple[float, float]] = None) -> torch.Tensor:
+    """d training_loss / d kl_per_dim[b, d], (B, D): what a backward written out by hand
+    (models/fused.py) multiplies the KL's own derivatives with. β/B per entry; free bits zero a
+    dimension whose batch-mean KL is below λ (as clamp's gradient does); capacity multiplies by
+    γ·sign(KL − C) (the gradient of γ|KL − C|)."""
+    scale = torch.full_like(kl_per_dim[0], beta)                                # (D,)
+    if capacity is not None:
+        gamma, c = capacity
+        scale = scale * (gamma * torch.sign(kl_penalty(kl_per_dim, free_bits) - c))
+    if free_bits > 0:
+        scale = scale * (kl_per_dim.mean(0) >= free_bits)
+    return (scale / kl_per_dim.shape[0]).expand_as(kl_per_dim)

@@ -6,6 +6,7 @@ import math
 from typing import Iterable, Iterator, Optional
 
 import torch
+import torch.optim.optimizer as torch_optimizer
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 LR_SCHEDULERS = ("none", "cosine", "step", "plateau", "burda")
@@ -48,6 +49,72 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, *, lr: floa
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.step()``; for a fused Adam or AdamW, its kernel called directly.
+
+    ``torch.optim``'s ``step`` wraps the one fused kernel in Python machinery (hooks, profiler
+    records, grouping by device and dtype, state checks) that costs about 0.5 ms per call on the
+    2-core test machine: 6-8 % of an MNIST MLP step (benchmarks/bench.py). This makes the same
+    kernel call with the same arguments on the optimizer's own state, so parameters, moments,
+    step counts and ``state_dict()`` are bit for bit those of ``optimizer.step()``
+    (tests/test_math.py checks it, lr schedules, weight decay and a reload included). Anything
+    else goes through ``optimizer.step()``: other optimizers, subclasses, hooks, amsgrad,
+    maximize, a tensor lr, a parameter without a gradient (aggressive training's partial
+    updates) or without state yet (the first step creates it), mixed devices or dtypes."""
+    calls = _fused_adam_calls(optimizer)
+    if calls is None:
+        optimizer.step()
+        return
+    with torch.no_grad():
+        for kernel, lists, kwargs in calls:
+            torch._foreach_add_(lists[-1], 1)
+            kernel(*lists, **kwargs)
+
+
+def _fused_adam_calls(optimizer: torch.optim.Optimizer):
+    """The kernel calls :func:`optimizer_step` makes, or None where ``optimizer.step()`` must run."""
+    decoupled = {torch.optim.Adam: False, torch.optim.AdamW: True}.get(type(optimizer))
+    kernels = (getattr(torch, "_fused_adam_", None), getattr(torch, "_fused_adamw_", None))
+    hooks = (getattr(optimizer, "_optimizer_step_pre_hooks", None), getattr(optimizer, "_optimizer_step_post_hooks", None),
+             getattr(torch_optimizer, "_global_optimizer_pre_hooks", None),
+             getattr(torch_optimizer, "_global_optimizer_post_hooks", None))
+    if decoupled is None or None in kernels or None in hooks or any(hooks):
+        return None
+    calls, state = [], optimizer.state
+    for group in optimizer.param_groups:
+        if (not group.get("fused") or group.get("amsgrad") or group.get("maximize") or group.get("differentiable")
+                or group.get("capturable") or isinstance(group["lr"], torch.Tensor)):
+            return None
+        params = group["params"]
+        if not params:
+            continue
+        grads, avgs, sqs, steps = [], [], [], []
+        device, dtype = params[0].device, params[0].dtype
+        for p in params:
+            s = state.get(p)
+            if (p.grad is None or not s or p.grad.is_sparse or p.device != device or p.dtype != dtype
+                    or p.grad.dtype != dtype):
+                return None
+            grads.append(p.grad)
+            avgs.append(s["exp_avg"])
+            sqs.append(s["exp_avg_sq"])
+            steps.append(s["step"])
+        beta1, beta2 = group["betas"]
+        kernel = kernels[1] if group.get("decoupled_weight_decay", decoupled) else kernels[0]
+        calls.append((kernel, (params, grads, avgs, sqs, [], steps),
+                      dict(amsgrad=False, lr=group["lr"], beta1=float(beta1), beta2=float(beta2),
+                           weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                           grad_scale=None, found_inf=None)))
+    return calls
+
+
+def zero_grad(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.zero_grad(set_to_none=True)`` without its per-call profiler record."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = None
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, name: str, *, total_steps: int, step_size: int = 2000,

@@ -19,8 +19,9 @@ from vaerun.data import Data, load_data
 from vaerun.errors import ConfigError
 from vaerun.likelihoods import build_likelihood
 from vaerun.models import VAE, build_vae
+from vaerun.models.fused import fused_pass
 from vaerun.objectives import Terms, elbo_terms, kl_penalty, training_loss
-from vaerun.optim import WeightAverage, build_lr_scheduler, build_optimizer
+from vaerun.optim import WeightAverage, build_lr_scheduler, build_optimizer, optimizer_step, zero_grad
 from vaerun.schedules import Capacity, build_schedule
 
 log = logging.getLogger("vaerun")
@@ -38,6 +39,7 @@ class Parts:
     total_steps: int
     capacity: Optional[Capacity] = None  # capacity annealing, when on
     forward: Optional[Callable[[torch.Tensor], Terms]] = None  # the training step's x -> Terms (see make_forward)
+    fused: Optional[Callable] = None  # the MLP's written-out pass (models/fused.py; fused_mlp), used instead of forward
     ema: Optional[WeightAverage] = None  # optimizer.ema: the averaged weights evaluation and checkpoints use
 
     def evaluated(self):
@@ -134,8 +136,9 @@ def build(cfg: TrainConfig) -> Parts:
     forward = make_forward(model, device, precision=cfg.precision.value, compile=cfg.compile,
                            mode=cfg.compile_mode.value)
     ema = WeightAverage(model, o.ema) if o.ema > 0 else None
+    fused = fused_pass(model) if cfg.fused_mlp and not cfg.compile and cfg.precision.value != "bf16" else None
     return Parts(data, model, optimizer, lr_scheduler, schedule, device, steps_per_epoch, total, capacity, forward,
-                 ema)
+                 fused, ema)
 
 
 def make_forward(model: VAE, device: torch.device, *, precision: str = "fp32", compile: bool = False,
@@ -199,21 +202,27 @@ def total_grad_norm(params) -> torch.Tensor:
 
 def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, beta: float, free_bits: float,
                grad_clip: float, capacity: Optional[tuple[float, float]] = None, update: str = "all",
-               forward: Optional[Callable[[torch.Tensor], Terms]] = None):
+               forward: Optional[Callable[[torch.Tensor], Terms]] = None, fused: Optional[Callable] = None):
     """One optimizer step on batch x. Returns (loss, terms, grad_norm, ok): the global gradient
     norm before clipping, and whether loss and gradients were finite. A non-finite step is never
     taken (the one host sync per step buys that guarantee). ``update``: ``all``, ``encoder``
     (only the encoder's parameters move) or ``decoder`` (everything but the encoder): the
     others' gradients are dropped, so the optimizer skips them (aggressive training).
-    ``forward``: x -> Terms for this model (:func:`make_forward`); plain float32 eager by default."""
-    terms = forward(x) if forward is not None else elbo_terms(model, x)
-    loss = training_loss(terms, beta, free_bits, capacity)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    ``forward``: x -> Terms for this model (:func:`make_forward`); plain float32 eager by default.
+    ``fused``: the model's written-out pass (:func:`vaerun.models.fused.fused_pass`), which
+    computes the loss and writes the gradients itself; used instead of ``forward`` and autograd."""
+    zero_grad(optimizer)
+    if fused is not None:
+        loss, terms = fused(x, beta, free_bits, capacity)
+    else:
+        terms = forward(x) if forward is not None else elbo_terms(model, x)
+        loss = training_loss(terms, beta, free_bits, capacity)
+        loss.backward()
+    params = [q for group in optimizer.param_groups for q in group["params"]]  # what the step moves
     if grad_clip > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     else:  # the norm only (for the log and the finiteness guard), without clipping's extra pass
-        grad_norm = total_grad_norm(model.parameters())
+        grad_norm = total_grad_norm(params)
     ok = bool(torch.isfinite(loss.detach() + grad_norm))
     if ok:
         if update != "all":
@@ -221,7 +230,7 @@ def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, be
                       (q for name, q in model.named_parameters() if not name.startswith("encoder.")))
             for q in frozen:
                 q.grad = None
-        optimizer.step()
+        optimizer_step(optimizer)
     return loss.detach(), terms, grad_norm, ok
 
 
@@ -301,15 +310,18 @@ class Accumulator:
         self.n, self.sums = 0, None
 
     def add(self, loss: torch.Tensor, recon: torch.Tensor, kl_per_dim: torch.Tensor) -> None:
-        vals = (loss.detach(), recon.detach().mean(), kl_per_dim.detach().mean(0))
-        self.sums = vals if self.sums is None else tuple(a + b for a, b in zip(self.sums, vals))
+        vals = [loss.detach(), recon.detach().mean(), kl_per_dim.detach().mean(0)]
+        if self.sums is None:
+            self.sums = tuple(v.clone() for v in vals)  # owned: the adds below are in place
+        else:
+            torch._foreach_add_(list(self.sums), vals)
         self.n += 1
 
     def state_dict(self) -> dict:
         return {"n": self.n, "sums": list(self.sums) if self.sums is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
-        self.n, self.sums = state["n"], tuple(state["sums"]) if state["sums"] is not None else None
+        self.n, self.sums = state["n"], tuple(t.clone() for t in state["sums"]) if state["sums"] is not None else None
 
     def mean(self) -> dict:
         loss, recon, kl_dim = (v / self.n for v in self.sums)

@@ -1,0 +1,116 @@
+"""The MLP VAE's written-out training pass gives autograd's loss, terms and gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vaerun.likelihoods import LIKELIHOODS, build_likelihood
+from vaerun.models import build_vae
+from vaerun.models.fused import fused_pass
+from vaerun.models.layers import ACTIVATIONS
+from vaerun.objectives import elbo_terms, training_loss
+
+
+def _vae(activation="relu", likelihood="bernoulli", hidden=(32, 16), shape=(1, 6, 5), **lk):
+    torch.manual_seed(0)
+    lik = build_likelihood(likelihood, shape[0], **lk)
+    return build_vae("mlp", shape, lik, latent_dim=4, hidden=list(hidden), channels=[8], kernel=3,
+                     activation=activation)
+
+
+def _data(likelihood, shape=(1, 6, 5), b=7):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand((b, *shape), generator=g)
+    return x.round() if likelihood == "bernoulli" else (x * 255).round() / 255
+
+
+def _compare(vae, x, beta=1.0, free_bits=0.0, capacity=None, rtol=1e-10, dtype=torch.float64):
+    """In float64 the written-out pass and autograd agree to rounding (1e-10); float32 below."""
+    vae, x = vae.to(dtype), x.to(dtype)
+    torch.manual_seed(7)
+    terms = elbo_terms(vae, x)
+    loss = training_loss(terms, beta, free_bits, capacity)
+    ref = torch.autograd.grad(loss, list(vae.parameters()))
+    pass_ = fused_pass(vae)
+    assert pass_ is not None
+    for p in vae.parameters():
+        p.grad = None
+    torch.manual_seed(7)  # the same ε
+    floss, fterms = pass_(x, beta, free_bits, capacity)
+    torch.testing.assert_close(floss, loss.detach(), rtol=rtol, atol=0.0)
+    for a, b in ((fterms.recon, terms.recon), (fterms.kl_per_dim, terms.kl_per_dim), (fterms.mu, terms.mu)):
+        torch.testing.assert_close(a, b.detach(), rtol=rtol, atol=rtol)
+    for (name, p), g in zip(vae.named_parameters(), ref):
+        assert p.grad is not None, name
+        assert p.grad.is_contiguous() and p.grad.shape == p.shape, name
+        # entries that are sums with cancellation differ more than rtol: bound them by the tensor's scale
+        atol = rtol * float(g.abs().max())
+        torch.testing.assert_close(p.grad, g, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_every_activation_matches_autograd(activation):
+    _compare(_vae(activation), _data("bernoulli"))
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "continuous_bernoulli", "logistic"])
+def test_every_likelihood_without_parameters_matches_autograd(likelihood):
+    vae = _vae(likelihood=likelihood, shape=(3, 4, 4))
+    _compare(vae, _data(likelihood, (3, 4, 4)))
+
+
+def test_pixel_sigma_gaussian_matches_autograd():  # the decoder predicts log σ: two maps per channel
+    vae = _vae(likelihood="gaussian", shape=(2, 4, 4), learn_sigma="pixel")
+    _compare(vae, _data("gaussian", (2, 4, 4)))
+
+
+@pytest.mark.parametrize("beta,free_bits,capacity", [(0.3, 0.0, None), (4.0, 0.5, None), (1.0, 2.0, None),
+                                                     (2.0, 0.0, (10.0, 3.0)), (1.0, 0.2, (5.0, 50.0))])
+def test_objective_options_match_autograd(beta, free_bits, capacity):
+    vae = _vae()
+    x = _data("bernoulli")
+    _compare(vae, x, beta, free_bits, capacity)
+
+
+def test_free_bits_zero_the_kl_gradient_of_dimensions_below_lambda():
+    from vaerun.objectives import kl_weights
+
+    kl = torch.tensor([[0.1, 2.0], [0.3, 4.0]])  # batch means 0.2 and 3.0
+    w = kl_weights(kl, 2.0, 0.5)
+    assert torch.equal(w, torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+
+
+def test_float32_mnist_sized_pass_matches_autograd():  # the training case: float32, 784-400-20, batch 128
+    vae = _vae(hidden=(400,), shape=(1, 28, 28))
+    _compare(vae, _data("bernoulli", (1, 28, 28), b=128), rtol=1e-5, dtype=torch.float32)
+
+
+def test_one_hidden_layer_and_deep_stacks():
+    _compare(_vae(hidden=(16,)), _data("bernoulli"))
+    _compare(_vae(hidden=(24, 16, 12, 8)), _data("bernoulli"))
+
+
+@pytest.mark.parametrize("case", ["conv", "learned_sigma"])
+def test_no_pass_where_it_does_not_apply(case):
+    if case == "conv":
+        torch.manual_seed(0)
+        vae = build_vae("conv", (1, 8, 8), build_likelihood("bernoulli", 1), latent_dim=4, hidden=[16],
+                        channels=[4, 8], kernel=3)
+    else:
+        vae = _vae(likelihood="gaussian", learn_sigma="global")
+    assert fused_pass(vae) is None
+
+
+def test_likelihood_registry_is_covered():
+    assert {"bernoulli", "gaussian", "continuous_bernoulli", "logistic"} <= set(LIKELIHOODS)
+
+
+@pytest.mark.parametrize("overrides,used", [([], True), (["fused_mlp=false"], False), (["model=conv"], False),
+                                            (["compile=true"], False), (["precision=bf16"], False),
+                                            (["likelihood=gaussian", "likelihood.learn_sigma=global"], False)])
+def test_build_uses_the_pass_for_mlp_models_unless_switched_off(overrides, used):
+    from conftest import TINY, compose
+    from vaerun.train import build
+
+    cfg, _ = compose([*TINY, *overrides])
+    assert (build(cfg).fused is not None) is used
