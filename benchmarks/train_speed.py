@@ -35,12 +35,13 @@ MODELS = {
     "autoregressive": (["model=autoregressive", "model.ar_layers=8", "model.ar_kernel=5", "model.ar_width=32",
                         "model.ar_cond_channels=16", "model.latent_dim=16", "model.ar_cond=global"], 64),
 }
-VARIANTS = {"fp32": [], "bf16": ["precision=bf16"], "compile": ["compile=true"],
+VARIANTS = {"fp32": [], "autograd": ["fused_mlp=false"],  # the MLP's autograd step (fp32 uses its written-out pass)
+            "bf16": ["precision=bf16"], "compile": ["compile=true"],
             "compile+bf16": ["compile=true", "precision=bf16"],
             # CUDA graphs (torch.compile's reduce-overhead mode): on a CPU the same as "compile"
             "graphs": ["compile=true", "compile_mode=reduce_overhead"],
             "graphs+bf16": ["compile=true", "compile_mode=reduce_overhead", "precision=bf16"]}
-CPU_VARIANTS = ["fp32", "bf16", "compile", "compile+bf16"]
+CPU_VARIANTS = ["fp32", "autograd", "bf16", "compile", "compile+bf16"]
 
 
 def sync(device: torch.device) -> None:

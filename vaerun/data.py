@@ -83,7 +83,7 @@ class Data:
         if self.binarize == "dynamic":
             u = torch.randint(0, 255, images.shape, dtype=torch.uint8, generator=generator, device=images.device)
             return (u < images).float()                                 # (B, C, H, W) in {0, 1}
-        return images.float().div_(255.0)                               # (B, C, H, W)
+        return torch.div(images, 255.0)                                 # (B, C, H, W) float32, one pass
 
     def batches(self, split: str, batch_size: int, generator: Optional[torch.Generator] = None) -> Iterator[torch.Tensor]:
         """Yields prepared float batches of one split, in order (evaluation); ``generator`` drives
