@@ -66,6 +66,7 @@ def main() -> int:
     import vaerun.loop as loop_module
     from vaerun.loop import Trainer
     from vaerun.objectives import elbo_terms, training_loss
+    from vaerun.optim import optimizer_step, zero_grad
     from vaerun.progress import Reporter
     from vaerun.runs import RunFolder
     from vaerun.train import build, total_grad_norm
@@ -115,10 +116,10 @@ def main() -> int:
                              forward=None, fused=None):  # train_step without the guard's host sync (what it would gain)
                 terms = forward(x) if forward is not None else elbo_terms(model, x)
                 loss = training_loss(terms, beta, free_bits, capacity)
-                optimizer.zero_grad(set_to_none=True)
+                zero_grad(optimizer)  # as train_step does it (fused=None: this script pins fused_mlp=false)
                 loss.backward()
                 grad_norm = total_grad_norm(model.parameters())
-                optimizer.step()
+                optimizer_step(optimizer)
                 return loss.detach(), terms, grad_norm, True
 
             def full_no_sync():

@@ -59,7 +59,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
     2-core test machine: 6-8 % of an MNIST MLP step (benchmarks/bench.py). This makes the same
     kernel call with the same arguments on the optimizer's own state, so parameters, moments,
     step counts and ``state_dict()`` are bit for bit those of ``optimizer.step()``
-    (tests/test_math.py checks it, lr schedules, weight decay and a reload included). Anything
+    (tests/test_optim.py checks it, lr schedules, weight decay and a reload included). Anything
     else goes through ``optimizer.step()``: other optimizers, subclasses, hooks, amsgrad,
     maximize, a tensor lr, a parameter without a gradient (aggressive training's partial
     updates) or without state yet (the first step creates it), mixed devices or dtypes."""

@@ -312,16 +312,16 @@ class Accumulator:
     def add(self, loss: torch.Tensor, recon: torch.Tensor, kl_per_dim: torch.Tensor) -> None:
         vals = [loss.detach(), recon.detach().mean(), kl_per_dim.detach().mean(0)]
         if self.sums is None:
-            self.sums = tuple(v.clone() for v in vals)  # owned: the adds below are in place
+            self.sums = [v.clone() for v in vals]  # owned: the adds below are in place
         else:
-            torch._foreach_add_(list(self.sums), vals)
+            torch._foreach_add_(self.sums, vals)
         self.n += 1
 
     def state_dict(self) -> dict:
-        return {"n": self.n, "sums": list(self.sums) if self.sums is not None else None}
+        return {"n": self.n, "sums": [t.clone() for t in self.sums] if self.sums is not None else None}  # a snapshot
 
     def load_state_dict(self, state: dict) -> None:
-        self.n, self.sums = state["n"], tuple(t.clone() for t in state["sums"]) if state["sums"] is not None else None
+        self.n, self.sums = state["n"], [t.clone() for t in state["sums"]] if state["sums"] is not None else None
 
     def mean(self) -> dict:
         loss, recon, kl_dim = (v / self.n for v in self.sums)

@@ -3,7 +3,7 @@
 For the MLP model eager autograd costs more than its arithmetic: each of the ~30 small operations
 of a step (activations, reparameterization, KL, the likelihood, the loss) records a node, keeps
 its inputs and runs its own backward kernel. Writing the pass out (the layer gradients from the
-matrix products, the likelihood's gradient in closed form) makes an MNIST MLP step about 15 %
+matrix products, the likelihood's gradient in closed form) makes an MNIST MLP step 12-16 %
 shorter on 2 CPU cores (docs/performance.md). The numbers are autograd's to float rounding:
 the same ε draws, the same ATen backward kernels for the activations, the objective's own
 gradient (:func:`vaerun.objectives.kl_weights`); tests/test_fused.py compares every gradient
