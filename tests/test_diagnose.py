@@ -157,3 +157,42 @@ def test_early_kl_vanishing_is_a_problem_only_when_the_surviving_code_is_empty()
     assert r["status"] == "warning" and r["verdict"].endswith(", partly recovered")
     # vanishing only after the early window is not this check's business
     assert _early_vanishing([rec(100, healthy), rec(900, half)], 0.01, 200)["status"] == "ok"
+
+
+def test_an_unfinished_warm_up_is_flagged_at_the_start_and_in_the_diagnosis(tmp_path):
+    """A linear warm-up of 1000 steps in a 40-step run: the audit warns before the first step, and
+    the diagnosis says the run never reached its β, with overrides that would."""
+    run, report = run_small(tmp_path, "max_steps=40", "eval_every=20", "schedule=linear",
+                            "schedule.warmup_steps=1000")
+    audit = next(r for r in run.read_metrics() if r["split"] == "audit")
+    assert audit["final_beta"] == pytest.approx(39 / 1000)
+    assert any(n.startswith("β warm-up longer than the run") and "schedule.warmup_steps=8" in n for n in audit["notes"])
+    s = checks(report)["schedule"]
+    assert s["status"] == "warning" and s["verdict"].startswith("β warm-up unfinished")
+    assert s["evidence"]["final_beta"] == pytest.approx(0.039, abs=1e-3) and s["evidence"]["warmup_ends_at_step"] == 1000
+    assert s["next_steps"] == ["schedule.warmup_steps=8", "max_steps=1250"]
+    assert report["overall"] != "ok"
+
+
+def test_schedule_check_on_records():
+    from vaerun.diagnose import diagnose
+
+    val = {"split": "val", "step": 500, "kl": 5.0, "kl_per_dim": [2.5, 2.5], "elbo": -90.0, "mi": 2.0,
+           "active_units": 2, "aggregate_kl": 0.1}
+
+    def train(*betas):
+        return [{"split": "train", "step": 100 * (i + 1), "loss": 90.0, "beta": b} for i, b in enumerate(betas)]
+
+    linear = {"beta": 1.0, "schedule": {"name": "linear", "beta_start": 0.0, "warmup_steps": 400, "delay_steps": 0}}
+    assert checks(diagnose([*train(0.25, 0.5, 0.75, 1.0, 1.0), val], linear))["schedule"]["status"] == "ok"
+    cut = checks(diagnose([*train(0.25, 0.5), val], linear))["schedule"]
+    assert cut["status"] == "warning" and cut["evidence"]["final_beta"] == 0.5
+    falling = {"beta": 1.0, "schedule": {"name": "linear", "beta_start": 8.0, "warmup_steps": 400, "delay_steps": 100}}
+    f = checks(diagnose([*train(8.0, 6.0), val], falling))["schedule"]
+    assert f["status"] == "warning" and f["next_steps"][-1] == "max_steps=625"
+    cyc = {"beta": 4.0, "schedule": {"name": "cyclical", "beta_start": 0.0}}
+    assert checks(diagnose([*train(0.0, 4.0), val], cyc))["schedule"]["status"] == "ok"
+    # one validation pass cannot show whether the ELBO settled: the optimization check says so
+    opt = checks(diagnose([*train(1.0), val], linear))["optimization"]
+    assert opt["status"] == "ok" and "1 validation pass, too few" in opt["verdict"]
+    assert opt["next_steps"] == ["eval_every=100"]

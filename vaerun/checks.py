@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Optional
 
 import torch
 
@@ -16,9 +17,12 @@ log = logging.getLogger("vaerun")
 
 
 @torch.no_grad()
-def audit(model: VAE, data: Data, batch_size: int, beta0: float, beta: float, free_bits: float, seed: int) -> dict:
+def audit(model: VAE, data: Data, batch_size: int, beta0: float, beta: float, free_bits: float, seed: int,
+          final_beta: Optional[float] = None, total_steps: Optional[int] = None) -> dict:
     """Each loss term on one training batch before the first step, in nats and nats per dimension,
-    the effective β, and whether the likelihood suits the data. Returns a metrics record."""
+    the effective β (and ``final_beta``, the schedule's β at the last of ``total_steps`` steps:
+    a warm-up longer than the run never reaches ``beta``), and whether the likelihood suits the
+    data. Returns a metrics record."""
     gen = torch.Generator(device=data.train.images.device).manual_seed(seed + 31337)
     x = data.prepare(data.train.images[:batch_size], gen)                      # (B, C, H, W)
     model.eval()
@@ -38,6 +42,10 @@ def audit(model: VAE, data: Data, batch_size: int, beta0: float, beta: float, fr
             notes.append(f"fixed Gaussian σ={sigma:.3g} is wide against the data's spread (std {spread:.3g}): "
                          f"reconstruction is weak against KL and samples will be blurry "
                          f"(fix: likelihood.learn_sigma=global or a smaller likelihood.sigma)")
+    if final_beta is not None and total_steps and unfinished_schedule(final_beta, beta, beta0):
+        notes.append(f"β warm-up longer than the run: the last of its {total_steps} steps trains at β={final_beta:.3g}, "
+                     f"not beta={beta:g}, so the model never trains at its target objective "
+                     f"(fix: schedule.warmup_steps={max(1, total_steps // 5)}, or a longer run)")
     if kl / latent > 50:
         notes.append(f"initial KL is {kl / latent:.0f} nats per latent dim: the initialisation makes the "
                      f"posterior far from the prior (fix: model.init=xavier or a lower optimizer.lr)")
@@ -46,12 +54,19 @@ def audit(model: VAE, data: Data, batch_size: int, beta0: float, beta: float, fr
            "free_bits_floor": free_bits * latent, "weighted_kl": beta0 * kl_penalty(t.kl_per_dim, free_bits).item(),
            "data_min": float(x.min()), "data_max": float(x.max()), "data_mean": float(x.mean()), "binary": binary,
            "likelihood": type(lik).__name__.lower(), "notes": notes}
+    if final_beta is not None:
+        rec["final_beta"] = final_beta
     log.info("step-0 audit: recon %.2f nats (%.4f per data dim) | KL %.2f nats (%.3f per latent dim) | β %.3g -> %.3g "
              "| free bits %.3g nats/dim | data in [%.3g, %.3g]%s", recon, recon / dims, kl, kl / latent, beta0, beta,
              free_bits, rec["data_min"], rec["data_max"], ", binary" if binary else "")
     for note in notes:
         log.warning("audit: %s", note)
     return rec
+
+
+def unfinished_schedule(final_beta: float, beta: float, beta_start: float) -> bool:
+    """True when a β schedule ends more than 1 % (of its range) away from its target ``beta``."""
+    return abs(final_beta - beta) > 0.01 * max(abs(beta), abs(beta_start), 1e-12)
 
 
 def term_grad_norms(model: VAE, x: torch.Tensor, beta: float, free_bits: float) -> dict:

@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from vaerun.checks import unfinished_schedule
 from vaerun.data import Data
 from vaerun.models.vae import VAE
 
@@ -163,8 +164,34 @@ def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: f
         return verdict("optimization", "ok", "stable, and still improving at the end", ev,
                        "the ELBO rose by more than 1% over the last quarter: the run stopped early, or the "
                        "learning rate is low", ["epochs=<more>", f"optimizer.lr={min(lr * 3, 3e-3):.2g}"])
+    if len(elbos) < 3:
+        return verdict("optimization", "ok", f"stable: no non-finite steps or spikes; {len(elbos)} validation "
+                       f"pass{'es' if len(elbos) != 1 else ''}, too few to tell whether the ELBO settled", ev,
+                       "loss and gradient norms stayed in range; validate more often to see the ELBO's trend",
+                       [f"eval_every={max(1, (vals[-1]['step'] if vals else 0) // 5)}"])
     return verdict("optimization", "ok", "stable: no non-finite steps, spikes or late decline", ev,
                    "loss and gradient norms stayed in range and the ELBO settled")
+
+
+def _schedule(train: list[dict], audit: Optional[dict], config: dict) -> dict:
+    """A β warm-up the run ended before finishing: training never reached its target objective."""
+    sched, beta = config.get("schedule", {}) or {}, config.get("beta", 1.0)
+    betas = [r["beta"] for r in train if isinstance(r.get("beta"), (int, float))]
+    final = betas[-1] if betas else (audit or {}).get("final_beta")
+    steps = max((r["step"] for r in train), default=0)
+    ev = {"schedule": sched.get("name"), "beta": beta, "final_beta": None if final is None else round(final, 4),
+          "steps": steps}
+    if sched.get("name") in ("linear", "sigmoid"):
+        ev["warmup_ends_at_step"] = sched.get("delay_steps", 0) + sched.get("warmup_steps", 0)
+    if final is not None and unfinished_schedule(final, beta, sched.get("beta_start", 0.0)):
+        return verdict("schedule", "warning", f"β warm-up unfinished: the run ended at β={final:.3g}, short of "
+                       f"beta={beta:g}", ev, "the model never trained at its target objective: it ended weighted "
+                       "towards reconstruction (or towards KL, for a falling β), so its final ELBO, always reported "
+                       "at β = 1, is not what the configured β would reach",
+                       [f"schedule.warmup_steps={max(1, steps // 5)}"] +
+                       ([f"max_steps={math.ceil(1.25 * ev['warmup_ends_at_step'])}"] if "warmup_ends_at_step" in ev else []))
+    return verdict("schedule", "ok", "the β schedule reached its target" if final is not None else
+                   "no training record yet", ev, f"training ended at β={final:.3g}" if final is not None else "")
 
 
 def _likelihood(audit: Optional[dict], cfg_lik: dict) -> dict:
@@ -198,7 +225,7 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
     early = int(dg.get("early_fraction", 0.2) * total)
     beta, lr = config.get("beta", 1.0), config.get("optimizer", {}).get("lr", 1e-3)
     out = [_collapse(vals[-1], zdep, thr, beta, total, config.get("model", {}).get("name", "mlp")), _lagging(vals[-1]), _early_vanishing(vals, thr, early),
-           _imbalance(vals[-1], beta, thr), _optimization(train, vals, events, lr),
+           _imbalance(vals[-1], beta, thr), _optimization(train, vals, events, lr), _schedule(train, audit, config),
            _likelihood(audit, config.get("likelihood", {}))]
     worst = max(out, key=lambda v: ORDER[v["status"]])
     headline = "healthy: no problem found" if worst["status"] == "ok" else worst["verdict"]

@@ -216,7 +216,8 @@ class Trainer:
         if self.state.step == 0 and self.state.batch == 0:
             p = self.parts
             self.run.append_metrics(audit(p.model, p.data, self.cfg.batch_size, p.schedule(0), self.cfg.beta,
-                                          self.cfg.free_bits, self.cfg.seed))
+                                          self.cfg.free_bits, self.cfg.seed, final_beta=p.schedule(total - 1),
+                                          total_steps=total))
             self.rngs.epoch_start = self.rngs.order.get_state()
             self.save()  # step 0: resume and rollback always have a starting point
         while self.state.step < total:
