@@ -141,3 +141,29 @@ def test_a_requeued_sweep_job_resumes_from_its_checkpoint(tmp_path):
     assert summary["status"] == "completed" and summary["steps"] == 250 and len(summary["resumed"]) == 1
     steps = [r["step"] for r in RunFolder(job).read_metrics("train")]
     assert steps == sorted(set(steps))
+
+
+def test_compare_keys_chooses_the_columns(beta_sweep):
+    out = vaerun("compare", str(beta_sweep), "--keys", "beta,batch_size", "--no-report")
+    assert out.returncode == 0, out.stderr
+    assert "3 runs · differing keys: beta; columns: beta, batch_size" in out.stdout
+    assert "batch_size" in out.stdout and out.stdout.count(" 32 ") >= 3          # a key that does not differ
+    bad = vaerun("compare", str(beta_sweep), "--keys", "betta", "--no-report")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "--keys betta: no run has this config key (did you mean beta" in bad.stderr and "fix:" in bad.stderr
+
+
+def test_many_differing_keys_show_the_sweep_axes_first():
+    """Runs that differ in nine keys: six columns, the usual sweep axes first, then the keys with
+    the most distinct values; every key still in the config differences."""
+    def run(i):
+        cfg = {"beta": [0.5, 1.0][i % 2], "optimizer.lr": [1e-3, 3e-4][i % 2], "seed": i % 3,
+               **{f"extra.k{j}": (i * (j + 1)) % (j + 2) for j in range(6)}}
+        return {"path": f"r{i}", "config": cfg}
+
+    runs = [run(i) for i in range(12)]
+    assert len(report.differing_keys(runs)) == 9
+    keys = report.column_keys(runs)
+    assert keys[:3] == ["beta", "seed", "optimizer.lr"] and len(keys) == report.MAX_KEY_COLUMNS
+    assert keys[3:] == ["extra.k5", "extra.k4", "extra.k3"]                # 7, 6 and 5 distinct values
+    assert report.column_keys(runs, ["extra.k0"]) == ["extra.k0"]

@@ -80,6 +80,21 @@ def test_missing_dataset_offline_names_root_and_fix(tmp_path, name):
         load_data(name, root=str(tmp_path), download=False)
     msg = str(err.value)
     assert str(tmp_path) in msg and "fix:" in msg and "dataset.root" in msg
+    assert "downloading is off" in msg and "dataset.download=true" in msg
+
+
+def test_a_failed_download_says_so_and_does_not_suggest_turning_download_on(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried all mirrors")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(DataError) as err:
+        load_data("mnist", root=str(tmp_path), download=True)
+    msg = str(err.value)
+    assert "the download failed (RuntimeError: Error downloading train-images-idx3-ubyte.gz)" in msg
+    assert "dataset.download=true" not in msg and "network" in msg and "dataset.root=" in msg
 
 
 def test_cifar10_layout_is_read_directly(tmp_path):

@@ -143,6 +143,8 @@ def compare_main(argv: list[str]) -> int:
     p.add_argument("--out", help="folder for report.html and report.md (default: the common parent)")
     p.add_argument("--no-aggregate", action="store_true", help="one row per run even across seeds")
     p.add_argument("--no-report", action="store_true", help="print only; write no report files")
+    p.add_argument("--keys", help="comma-separated config keys to show as columns and labels, e.g. "
+                   "--keys beta,model.name (default: the differing keys, at most six, the usual sweep axes first)")
     a = p.parse_args(argv)
     import csv
     import json
@@ -155,7 +157,12 @@ def compare_main(argv: list[str]) -> int:
         raise VaerunError(f"no run folders (with a summary.json) under {', '.join(a.paths)}.\n"
                           f"  fix: pass a run folder, a sweep folder or a parent such as outputs/")
     table = report.sort_rows(report.rows(runs, not a.no_aggregate), a.sort)
-    keys = report.differing_keys(runs)
+    every = report.differing_keys(runs)
+    keys = report.column_keys(runs, [k.strip() for k in a.keys.split(",") if k.strip()] if a.keys else None)
+    for row in table:  # chosen keys that do not differ are columns too
+        first = next(r for r in runs if r["path"] in row["paths"])
+        for k in keys:
+            row.setdefault(k, first["config"].get(k))
     if a.format == "json":
         print(json.dumps(table, indent=2, default=str))
     elif a.format == "csv":
@@ -167,7 +174,11 @@ def compare_main(argv: list[str]) -> int:
         from rich.table import Table
 
         cols, cells = report.table_cells(table, keys)
-        t = Table(title=f"{len(runs)} runs · differing keys: {', '.join(keys) or 'none'}")
+        shown = "" if keys == every else (f", showing {', '.join(keys)} (--keys to choose; all in report.md)"
+                                          if a.keys is None else f"; columns: {', '.join(keys)}")
+        title = (f"{len(runs)} runs · differing keys: {', '.join(every) or 'none'}" if len(every) <= report.MAX_KEY_COLUMNS
+                 else f"{len(runs)} runs · {len(every)} differing keys") + shown
+        t = Table(title=title)
         for c in cols:
             t.add_column(c, justify="right" if c in (*report.METRICS, *report.OPTIONAL_METRICS, "runs", "wall_time_s") else "left")
         colors = {"completed": "green", "failed": "red", "interrupted": "yellow", "incomplete": "yellow"}
@@ -176,7 +187,7 @@ def compare_main(argv: list[str]) -> int:
         _console().print(t)
     if not a.no_report:
         out = __import__("pathlib").Path(a.out) if a.out else report.common_parent(a.paths)
-        html_path, md_path = report.write_reports(runs, table, out)
+        html_path, md_path = report.write_reports(runs, table, out, keys)
         print(f"wrote {html_path} and {md_path}", file=sys.stderr if a.format != "table" else sys.stdout)
     return 0
 

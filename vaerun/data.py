@@ -156,13 +156,18 @@ _TV_FILES = {"mnist": "MNIST/raw/train-images-idx3-ubyte",
              "cifar10": "cifar-10-batches-py/data_batch_1"}
 
 
-def _missing_data(name: str, root: str, cause: Exception) -> DataError:
+def _missing_data(name: str, root: str, cause: Exception, download: bool) -> DataError:
     expected = os.path.join(root, _TV_FILES[name])
+    if not download:
+        why, online = "downloading is off (dataset.download=false)", "or allow the download with dataset.download=true"
+    else:
+        why = (f"the download failed ({type(cause).__name__}: "
+               f"{str(cause).splitlines()[0].rstrip(':') if str(cause) else 'no message'})")
+        online = "or connect this machine to the network (dataset.download is on)"
     return DataError(
-        f"dataset '{name}' not found under dataset.root={root} (looked for {expected}) and it could "
-        f"not be downloaded ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}).\n"
+        f"dataset '{name}' not found under dataset.root={root} (looked for {expected}) and {why}.\n"
         f"  fix: point dataset.root at the folder that holds it, e.g. dataset.root=../shared/data, "
-        f"or set VAERUN_DATA; or go online with dataset.download=true.")
+        f"or set VAERUN_DATA; {online}.")
 
 
 _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -217,7 +222,7 @@ def _load_torchvision(name: str, root: str, download: bool) -> tuple[Split, Spli
     except DataError:
         raise
     except Exception as err:  # torchvision raises RuntimeError / URLError / OSError here
-        raise _missing_data(name, root, err) from err
+        raise _missing_data(name, root, err, download) from err
 
 
 def _read_cifar10(folder: str) -> tuple[Split, Split]:

@@ -58,6 +58,36 @@ def differing_keys(runs: list[dict]) -> list[str]:
     return [k for k in keys if len({repr(r["config"].get(k)) for r in runs}) > 1]
 
 
+MAX_KEY_COLUMNS = 6  # more differing keys than this make an unreadable terminal table
+SWEPT_FIRST = ("beta", "free_bits", "seed", "model.name", "likelihood.name", "schedule.name", "optimizer.name",
+               "optimizer.lr", "batch_size", "model.latent_dim", "dataset.name")
+
+
+def column_keys(runs: list[dict], chosen: Optional[list[str]] = None) -> list[str]:
+    """The config keys shown as table columns and plot labels. ``chosen`` (``--keys``): those, each
+    a config key of some run. Otherwise the differing keys, at most MAX_KEY_COLUMNS of them: the
+    usual sweep axes first, then those with the most distinct values."""
+    if chosen:
+        known = {k for r in runs for k in r["config"]}
+        for k in chosen:
+            if k not in known:
+                import difflib
+
+                from vaerun.errors import VaerunError
+
+                close = difflib.get_close_matches(k, sorted(known), n=3)
+                raise VaerunError(f"--keys {k}: no run has this config key"
+                                  + (f" (did you mean {', '.join(close)}?)" if close else "") +
+                                  f".\n  fix: use dotted config keys, e.g. --keys beta,model.name,optimizer.lr")
+        return list(chosen)
+    keys = differing_keys(runs)
+    if len(keys) <= MAX_KEY_COLUMNS:
+        return keys
+    distinct = {k: len({repr(r["config"].get(k)) for r in runs}) for k in keys}
+    first = {k: i for i, k in enumerate(SWEPT_FIRST)}
+    return sorted(keys, key=lambda k: (first.get(k, len(first)), -distinct[k], k))[:MAX_KEY_COLUMNS]
+
+
 def _label(run: dict, keys: list[str]) -> str:
     return ", ".join(f"{k}={run['config'].get(k)}" for k in keys) or Path(run["path"]).name
 
@@ -125,6 +155,16 @@ def table_cells(table: list[dict], keys: list[str]) -> tuple[list[str], list[lis
 
 
 # ---------------------------------------------------------------- figures
+def _tight(fig) -> None:
+    """tight_layout where it fits; with many runs' long labels it cannot, and the PNG is saved with
+    bbox_inches="tight" anyway, so matplotlib's warning about it is only noise."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
+
+
 def _plt():
     import matplotlib
 
@@ -154,7 +194,7 @@ def rate_distortion(runs: list[dict], keys: list[str]):
     ax.set_ylabel("distortion: recon [nats]")
     ax.set_title("rate–distortion (validation, final)", fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    _tight(fig)
     return fig
 
 
@@ -172,7 +212,7 @@ def curves(runs: list[dict], keys: list[str]):
 
     style_axes(axes, ("validation recon [nats]", "validation KL [nats]", "β"))
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    _tight(fig)
     return fig
 
 
@@ -187,17 +227,21 @@ def kl_heatmap(runs: list[dict], keys: list[str]):
     ax.set_xlabel("latent dimension")
     ax.set_title("KL per dimension [nats] (validation, final)", fontsize=10)
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
+    _tight(fig)
     return fig
 
 
 # ---------------------------------------------------------------- writers
-def write_reports(runs: list[dict], table: list[dict], out: Path) -> tuple[Path, Path]:
-    """report.md (+ PNGs in report_files/) and a self-contained report.html (images inlined)."""
+def write_reports(runs: list[dict], table: list[dict], out: Path, keys: Optional[list[str]] = None
+                  ) -> tuple[Path, Path]:
+    """report.md (+ PNGs in report_files/) and a self-contained report.html (images inlined).
+    ``keys``: the config keys for columns and labels (:func:`column_keys`); the config
+    differences section lists every differing key."""
     plt = _plt()
     files = out / "report_files"
     files.mkdir(parents=True, exist_ok=True)
-    keys = differing_keys(runs)
+    every = differing_keys(runs)
+    keys = column_keys(runs) if keys is None else keys
     figs = {"rate_distortion.png": rate_distortion(runs, keys), "curves.png": curves(runs, keys),
             "kl_per_dim.png": kl_heatmap(runs, keys)}
     for name, fig in figs.items():
@@ -216,8 +260,8 @@ def write_reports(runs: list[dict], table: list[dict], out: Path) -> tuple[Path,
                 found.append((_label(r, keys), dst))
     titles = {"traverse": "Latent traversals", "latents": "Latent maps"}
     cols, cells = table_cells(table, keys)
-    diffs = [(r["path"], {k: r["config"].get(k) for k in keys}) for r in runs]
-    md = ["# vaerun compare", "", f"{len(runs)} runs; config keys that differ: {', '.join(keys) or 'none'}.", "",
+    diffs = [(r["path"], {k: r["config"].get(k) for k in every}) for r in runs]
+    md = ["# vaerun compare", "", f"{len(runs)} runs; config keys that differ: {', '.join(every) or 'none'}.", "",
           "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     md += ["| " + " | ".join(c) + " |" for c in cells]
     md += ["", "## Rate–distortion", "", "![rate-distortion](report_files/rate_distortion.png)", "",
@@ -236,7 +280,7 @@ def write_reports(runs: list[dict], table: list[dict], out: Path) -> tuple[Path,
         return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
     rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in c_) + "</tr>" for c_ in cells)
-    body = [f"<h1>vaerun compare</h1><p>{len(runs)} runs; config keys that differ: {html.escape(', '.join(keys))}</p>",
+    body = [f"<h1>vaerun compare</h1><p>{len(runs)} runs; config keys that differ: {html.escape(', '.join(every))}</p>",
             "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + f"</tr>{rows_html}</table>",
             "<h2>Rate–distortion</h2>", img(files / "rate_distortion.png", "rate-distortion"),
             "<h2>Curves</h2>", img(files / "curves.png", "curves"),
