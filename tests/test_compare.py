@@ -167,3 +167,4 @@ def test_many_differing_keys_show_the_sweep_axes_first():
     assert keys[:3] == ["beta", "seed", "optimizer.lr"] and len(keys) == report.MAX_KEY_COLUMNS
     assert keys[3:] == ["extra.k5", "extra.k4", "extra.k3"]                # 7, 6 and 5 distinct values
     assert report.column_keys(runs, ["extra.k0"]) == ["extra.k0"]
+    assert report.column_keys(runs, skip=("seed",))[:2] == ["beta", "optimizer.lr"]   # seeds aggregated

@@ -158,11 +158,13 @@ def compare_main(argv: list[str]) -> int:
                           f"  fix: pass a run folder, a sweep folder or a parent such as outputs/")
     table = report.sort_rows(report.rows(runs, not a.no_aggregate), a.sort)
     every = report.differing_keys(runs)
-    keys = report.column_keys(runs, [k.strip() for k in a.keys.split(",") if k.strip()] if a.keys else None)
-    for row in table:  # chosen keys that do not differ are columns too
-        first = next(r for r in runs if r["path"] in row["paths"])
+    keys = report.column_keys(runs, [k.strip() for k in a.keys.split(",") if k.strip()] if a.keys else None,
+                              skip=() if a.no_aggregate else ("seed",))
+    for row in table:  # chosen keys that do not differ are columns too; a row's runs may differ in them (seed)
+        members = [r for r in runs if r["path"] in row["paths"]]
         for k in keys:
-            row.setdefault(k, first["config"].get(k))
+            vals = list(dict.fromkeys(str(m["config"].get(k)) for m in members))
+            row.setdefault(k, vals[0] if len(vals) == 1 else "/".join(vals))
     if a.format == "json":
         print(json.dumps(table, indent=2, default=str))
     elif a.format == "csv":
@@ -174,7 +176,7 @@ def compare_main(argv: list[str]) -> int:
         from rich.table import Table
 
         cols, cells = report.table_cells(table, keys)
-        shown = "" if keys == every else (f", showing {', '.join(keys)} (--keys to choose; all in report.md)"
+        shown = "" if keys == [k for k in every if a.no_aggregate or k != "seed"] else (f", showing {', '.join(keys)} (--keys to choose; all in report.md)"
                                           if a.keys is None else f"; columns: {', '.join(keys)}")
         title = (f"{len(runs)} runs · differing keys: {', '.join(every) or 'none'}" if len(every) <= report.MAX_KEY_COLUMNS
                  else f"{len(runs)} runs · {len(every)} differing keys") + shown

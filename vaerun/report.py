@@ -63,10 +63,11 @@ SWEPT_FIRST = ("beta", "free_bits", "seed", "model.name", "likelihood.name", "sc
                "optimizer.lr", "batch_size", "model.latent_dim", "dataset.name")
 
 
-def column_keys(runs: list[dict], chosen: Optional[list[str]] = None) -> list[str]:
+def column_keys(runs: list[dict], chosen: Optional[list[str]] = None, skip: tuple[str, ...] = ()) -> list[str]:
     """The config keys shown as table columns and plot labels. ``chosen`` (``--keys``): those, each
-    a config key of some run. Otherwise the differing keys, at most MAX_KEY_COLUMNS of them: the
-    usual sweep axes first, then those with the most distinct values."""
+    a config key of some run. Otherwise the differing keys but ``skip`` (``seed`` when seeds are
+    aggregated), at most MAX_KEY_COLUMNS of them: the usual sweep axes first, then those with the
+    most distinct values."""
     if chosen:
         known = {k for r in runs for k in r["config"]}
         for k in chosen:
@@ -80,7 +81,7 @@ def column_keys(runs: list[dict], chosen: Optional[list[str]] = None) -> list[st
                                   + (f" (did you mean {', '.join(close)}?)" if close else "") +
                                   f".\n  fix: use dotted config keys, e.g. --keys beta,model.name,optimizer.lr")
         return list(chosen)
-    keys = differing_keys(runs)
+    keys = [k for k in differing_keys(runs) if k not in skip]
     if len(keys) <= MAX_KEY_COLUMNS:
         return keys
     distinct = {k: len({repr(r["config"].get(k)) for r in runs}) for k in keys}
@@ -242,8 +243,9 @@ def write_reports(runs: list[dict], table: list[dict], out: Path, keys: Optional
     files.mkdir(parents=True, exist_ok=True)
     every = differing_keys(runs)
     keys = column_keys(runs) if keys is None else keys
-    figs = {"rate_distortion.png": rate_distortion(runs, keys), "curves.png": curves(runs, keys),
-            "kl_per_dim.png": kl_heatmap(runs, keys)}
+    labels = [*keys, *(["seed"] if "seed" in every and "seed" not in keys else [])]  # one plot line per run
+    figs = {"rate_distortion.png": rate_distortion(runs, labels), "curves.png": curves(runs, labels),
+            "kl_per_dim.png": kl_heatmap(runs, labels)}
     for name, fig in figs.items():
         fig.savefig(files / name, dpi=110, bbox_inches="tight")
         plt.close(fig)
@@ -252,12 +254,12 @@ def write_reports(runs: list[dict], table: list[dict], out: Path, keys: Optional
         if r["samples"]:
             dst = files / f"samples_{i}.png"
             dst.write_bytes(Path(r["samples"][0]).read_bytes())
-            samples.append((_label(r, keys), dst))
+            samples.append((_label(r, labels), dst))
         for kind, found in pics.items():
             if kind in r.get("pictures", {}):
                 dst = files / f"{kind}_{i}.png"
                 dst.write_bytes(Path(r["pictures"][kind]).read_bytes())
-                found.append((_label(r, keys), dst))
+                found.append((_label(r, labels), dst))
     titles = {"traverse": "Latent traversals", "latents": "Latent maps"}
     cols, cells = table_cells(table, keys)
     diffs = [(r["path"], {k: r["config"].get(k) for k in every}) for r in runs]
