@@ -168,3 +168,28 @@ def test_many_differing_keys_show_the_sweep_axes_first():
     assert keys[3:] == ["extra.k5", "extra.k4", "extra.k3"]                # 7, 6 and 5 distinct values
     assert report.column_keys(runs, ["extra.k0"]) == ["extra.k0"]
     assert report.column_keys(runs, skip=("seed",))[:2] == ["beta", "optimizer.lr"]   # seeds aggregated
+
+
+def test_a_sweep_started_again_keeps_its_completed_jobs(beta_sweep, tmp_path):
+    """The same sweep in the same hydra.sweep.dir: completed jobs are kept, not trained again (nor
+    appended to); with a changed config the jobs fail with the differing key, folders untouched;
+    a single run pointed at an existing run folder is refused."""
+    before = {p: p.read_bytes() for p in beta_sweep.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".json", ".pt")}
+    args = ["train", "-m", *TINY, "schedule=constant", "beta=0.5,1,2", f"hydra.sweep.dir={beta_sweep}"]
+    again = vaerun(*args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    text = again.stdout + again.stderr
+    assert text.count("already holds this job's completed run: kept, not trained again") == 3
+    assert "step-0 audit" not in text
+    changed = vaerun(*args, "max_steps=7")
+    assert changed.returncode != 0 and "Traceback" not in changed.stdout + changed.stderr
+    assert "different config (max_steps: 6 -> 7)" in changed.stdout + changed.stderr
+    after = {p: p.read_bytes() for p in before}
+    assert after == before                                                     # nothing rewritten or appended
+    job = next(beta_sweep.glob("0_*"))
+    single = vaerun("train", *TINY, f"hydra.run.dir={tmp_path / 'x'}")
+    assert single.returncode == 0
+    refused = vaerun("train", *TINY, f"hydra.run.dir={tmp_path / 'x'}")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "already holds a run (status completed); refusing to mix two runs" in refused.stdout + refused.stderr
+    assert job.is_dir()

@@ -372,12 +372,22 @@ def test_a_failing_sweep_job_leaves_the_others_complete(tmp_path):
     out = subprocess.run([VAERUN, "train", "-m", *[a for a in TINY if not a.startswith("model.channels")],
                           "model=conv", "dataset.image_size=8", "model.channels=[8],[8,8,8,8,8,8]",
                           f"out_dir={tmp_path}"], capture_output=True, text=True, timeout=180)
-    assert out.returncode != 0
+    assert out.returncode != 0 and "Traceback" not in out.stdout + out.stderr
+    assert "sweep job 1 (model.channels=[8,8,8,8,8,8]) failed: model.channels=" in out.stderr
     summaries = {p.parent.name: json.loads(p.read_text()) for p in tmp_path.rglob("summary.json")}
     assert set(summaries) == {"0_model.channels=[8]", "1_model.channels=[8,8,8,8,8,8]"}
     assert summaries["0_model.channels=[8]"]["status"] == "completed"
     failed = summaries["1_model.channels=[8,8,8,8,8,8]"]
     assert failed["status"] == "failed" and "model.channels" in failed["error"]
+    # started again in the same folder: the completed job is kept, the failed one (no checkpoint) is retried
+    sweep = next(tmp_path.rglob("multirun.yaml")).parent
+    again = subprocess.run([VAERUN, "train", "-m", *[a for a in TINY if not a.startswith("model.channels")],
+                            "model=conv", "dataset.image_size=8", "model.channels=[8],[8,8,8,8,8,8]",
+                            f"out_dir={tmp_path}", f"hydra.sweep.dir={sweep}"], capture_output=True, text=True,
+                           timeout=180)
+    text = again.stdout + again.stderr
+    assert again.returncode != 0 and "0_model.channels=[8] already holds this job's completed run" in text
+    assert "stopped before its first checkpoint (failed): starting it again" in text
 
 
 def test_atomic_writes_get_the_usual_file_mode(tmp_path):

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Optional
 
 import hydra
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 log = logging.getLogger("vaerun")
+
+
+class SweepJobFailed(CompactHydraException):
+    """A sweep job stopped on a user-facing error: Hydra prints this message without a traceback."""
 
 
 def _train_task(cfg: DictConfig) -> float:
@@ -36,6 +42,10 @@ def _train_task(cfg: DictConfig) -> float:
     if launcher not in (None, "basic"):
         _share_cores(hc)
     try:
+        if not cfg.resume and not requeued and run.is_run():
+            done = _existing_run(run, multirun, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+            if done is not None:
+                return done
         resume = bool(cfg.resume) or requeued
         typed, resolved = _resumed_config(cfg, run) if resume else (
             OmegaConf.to_object(cfg), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
@@ -43,8 +53,9 @@ def _train_task(cfg: DictConfig) -> float:
         summary = train(typed, run, resolved, bar=bar and not multirun, resume=resume)
     except VaerunError as err:
         log.error("%s", err)
-        if multirun:
-            raise
+        if multirun:  # the job fails (the sweep goes on, then exits non-zero) with a message, not a traceback
+            raise SweepJobFailed(f"sweep job {hc.job.num} ({hc.job.override_dirname or 'no overrides'}) failed: "
+                                 f"{str(err).splitlines()[0]} (every job's status is in its summary.json)") from None
         sys.exit(2)
     except Interrupted as err:
         log.error("%s: checkpoint saved; %s is marked 'interrupted'. Continue with: vaerun train resume=%s",
@@ -54,6 +65,49 @@ def _train_task(cfg: DictConfig) -> float:
         log.error("interrupted: %s is marked 'interrupted'. Continue with: vaerun train resume=%s", run.path, run.path)
         sys.exit(130)
     return -summary["final_val"]["elbo"]
+
+
+_NOT_COMPARED = {"out_dir", "progress", "device", "resume", "tensorboard"}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _existing_run(run, multirun: bool, config: dict) -> Optional[float]:
+    """A new job whose folder already holds a run (a sweep started again in the same
+    hydra.sweep.dir, or hydra.run.dir pointed at an old run). A completed sweep job with the same
+    config is kept, not trained again: returns its objective. A sweep job that failed before its
+    first checkpoint is retried in place (its stale metrics removed): returns None. Anything else
+    would mix two runs in one folder: a VaerunError that names the folder and the fix."""
+    from vaerun.errors import VaerunError
+
+    summary = run.read_summary()
+    status = summary.get("status", "unknown")
+    if multirun and status == "completed" and run.config_file.exists():
+        old, new = _flat(run.read_config()), _flat(config)
+        differ = sorted(k for k in (old.keys() | new.keys()) - _NOT_COMPARED if old.get(k) != new.get(k))
+        if not differ:
+            final = summary.get("final_val") or {}
+            log.info("%s already holds this job's completed run: kept, not trained again (delete the folder to "
+                     "train it anew)", run.path)
+            return -final["elbo"] if "elbo" in final else float("nan")
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:5]) + (", ..." if len(differ) > 5 else "")
+        raise VaerunError(f"{run.path} already holds a completed run of this sweep job with a different config "
+                          f"({shown}); refusing to mix two runs in one folder.\n"
+                          f"  fix: start the sweep in a new hydra.sweep.dir (the default makes a new one each time), "
+                          f"or delete that folder")
+    if multirun and not run.checkpoint_file("last").exists():
+        log.info("%s holds an attempt of this job that stopped before its first checkpoint (%s): starting it again",
+                 run.path, status)
+        run.metrics_file.unlink(missing_ok=True)
+        return None
+    fix = "" if status == "completed" else f"continue it with resume={run.path}, or "
+    raise VaerunError(f"{run.path} already holds a run (status {status}); refusing to mix two runs in one folder.\n"
+                      f"  fix: {fix}train into a new folder (leave hydra.run.dir at its timestamped default)")
 
 
 def _share_cores(hc) -> None:
