@@ -69,6 +69,10 @@ def test_compare_json_round_trips_and_csv(beta_sweep):
     assert [r["elbo"] for r in rows] == sorted((r["elbo"] for r in rows), reverse=True)
     assert {"beta", "status", "elbo", "recon", "kl", "active_units", "mi", "nll_iw", "wall_time_s"} <= rows[0].keys()
     assert all(r["status"] == "completed" for r in rows)
+    for r in rows:  # each run's diagnosis: its overall status and the checks that set it
+        summary = json.loads((Path(r["paths"][0]) / "summary.json").read_text())["diagnosis"]
+        worst = [k for k, v in summary["checks"].items() if v == summary["overall"] != "ok"]
+        assert r["diagnosis"] == summary["overall"] + (f" ({', '.join(worst)})" if worst else "")
     out = vaerun("compare", str(beta_sweep.parent.parent), "--format", "csv", "--sort", "beta", "--no-report")
     table = list(csv.DictReader(io.StringIO(out.stdout)))
     assert [float(r["beta"]) for r in table] == [0.5, 1.0, 2.0]

@@ -114,10 +114,20 @@ def rows(runs: list[dict], aggregate_seeds: bool = True) -> list[dict]:
                 row[f"{m}_std"] = statistics.stdev(vals)
         walls = [x["summary"].get("wall_time_s") for x in members if x["summary"].get("wall_time_s") is not None]
         row["wall_time_s"] = statistics.fmean(walls) if walls else None
+        row["diagnosis"] = " / ".join(dict.fromkeys(d for d in (_diagnosis(m["summary"]) for m in members) if d)) or None
         row["beta"] = members[0]["config"].get("beta")
         row["error"] = next((x["summary"].get("error") for x in members if x["summary"].get("error")), None)
         out.append(row)
     return out
+
+
+def _diagnosis(summary: dict) -> Optional[str]:
+    """``ok``, or the overall status with the checks that set it: ``problem (posterior_collapse)``."""
+    d = summary.get("diagnosis") or {}
+    if not d.get("overall"):
+        return None
+    worst = [k for k, v in (d.get("checks") or {}).items() if v == d["overall"] and v != "ok"]
+    return d["overall"] + (f" ({', '.join(worst)})" if worst else "")
 
 
 def sort_rows(table: list[dict], key: Optional[str]) -> list[dict]:
@@ -146,12 +156,13 @@ def fmt(row: dict, m: str) -> str:
 
 
 def table_cells(table: list[dict], keys: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Column names and formatted cells: the differing config keys, then status and metrics."""
+    """Column names and formatted cells: the differing config keys, then status, metrics and the
+    diagnosis (overall status and the checks that set it)."""
     row_keys = [k for k in keys if table and k in table[0]]
     metrics = [*METRICS, *[m for m in OPTIONAL_METRICS if any(r.get(m) is not None for r in table)]]
-    cols = [*(row_keys or ["run"]), "runs", "status", *metrics, "wall_time_s"]
+    cols = [*(row_keys or ["run"]), "runs", "status", *metrics, "wall_time_s", "diagnosis"]
     cells = [[*([str(r.get(k)) for k in row_keys] or [r["label"]]), str(r["runs"]), r["status"],
-              *[fmt(r, m) for m in metrics], fmt(r, "wall_time_s")] for r in table]
+              *[fmt(r, m) for m in metrics], fmt(r, "wall_time_s"), fmt(r, "diagnosis")] for r in table]
     return cols, cells
 
 
