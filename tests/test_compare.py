@@ -190,10 +190,10 @@ def test_a_sweep_started_again_keeps_its_completed_jobs(beta_sweep, tmp_path):
     assert "different config (max_steps: 6 -> 7)" in changed.stdout + changed.stderr
     after = {p: p.read_bytes() for p in before}
     assert after == before                                                     # nothing rewritten or appended
-    job = next(beta_sweep.glob("0_*"))
-    single = vaerun("train", *TINY, f"hydra.run.dir={tmp_path / 'x'}")
-    assert single.returncode == 0
+    import shutil
+
+    shutil.copytree(next(beta_sweep.glob("0_*")), tmp_path / "x")             # a completed run's folder
     refused = vaerun("train", *TINY, f"hydra.run.dir={tmp_path / 'x'}")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "already holds a run (status completed); refusing to mix two runs" in refused.stdout + refused.stderr
-    assert job.is_dir()
+    assert (tmp_path / "x" / "metrics.jsonl").read_bytes() == next(beta_sweep.glob("0_*/metrics.jsonl")).read_bytes()
