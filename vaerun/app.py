@@ -67,16 +67,6 @@ def _train_task(cfg: DictConfig) -> float:
     return -summary["final_val"]["elbo"]
 
 
-_NOT_COMPARED = {"out_dir", "progress", "device", "resume", "tensorboard"}
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def _existing_run(run, multirun: bool, config: dict) -> Optional[float]:
     """A new job whose folder already holds a run (a sweep started again in the same
     hydra.sweep.dir, or hydra.run.dir pointed at an old run). A completed sweep job with the same
@@ -84,12 +74,13 @@ def _existing_run(run, multirun: bool, config: dict) -> Optional[float]:
     first checkpoint is retried in place (its stale metrics removed): returns None. Anything else
     would mix two runs in one folder: a VaerunError that names the folder and the fix."""
     from vaerun.errors import VaerunError
+    from vaerun.report import differing_keys, flatten
 
     summary = run.read_summary()
     status = summary.get("status", "unknown")
     if multirun and status == "completed" and run.config_file.exists():
-        old, new = _flat(run.read_config()), _flat(config)
-        differ = sorted(k for k in (old.keys() | new.keys()) - _NOT_COMPARED if old.get(k) != new.get(k))
+        old, new = flatten(run.read_config()), flatten(config)
+        differ = differing_keys([{"config": old}, {"config": new}])  # the keys compare would show
         if not differ:
             final = summary.get("final_val") or {}
             log.info("%s already holds this job's completed run: kept, not trained again (delete the folder to "

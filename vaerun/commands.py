@@ -156,15 +156,10 @@ def compare_main(argv: list[str]) -> int:
     if not runs:
         raise VaerunError(f"no run folders (with a summary.json) under {', '.join(a.paths)}.\n"
                           f"  fix: pass a run folder, a sweep folder or a parent such as outputs/")
-    table = report.sort_rows(report.rows(runs, not a.no_aggregate), a.sort)
     every = report.differing_keys(runs)
     keys = report.column_keys(runs, [k.strip() for k in a.keys.split(",") if k.strip()] if a.keys else None,
                               skip=() if a.no_aggregate else ("seed",))
-    for row in table:  # chosen keys that do not differ are columns too; a row's runs may differ in them (seed)
-        members = [r for r in runs if r["path"] in row["paths"]]
-        for k in keys:
-            vals = list(dict.fromkeys(str(m["config"].get(k)) for m in members))
-            row.setdefault(k, vals[0] if len(vals) == 1 else "/".join(vals))
+    table = report.sort_rows(report.rows(runs, not a.no_aggregate, tuple(keys)), a.sort)
     if a.format == "json":
         print(json.dumps(table, indent=2, default=str))
     elif a.format == "csv":

@@ -22,12 +22,13 @@ IGNORED_KEYS = {"out_dir", "resume", "progress", "device", "tensorboard"}
 HIGHER_IS_BETTER = {"elbo", "active_units", "mi"}
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested config -> {'dotted.key': value}."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -39,7 +40,7 @@ def load(paths: list[str]) -> list[dict]:
     for folder in find_runs(paths):
         summary, records = folder.read_summary(), folder.read_metrics()
         try:
-            config = _flatten(folder.read_config())
+            config = flatten(folder.read_config())
         except Exception:  # a folder whose config is missing or unreadable still shows up
             config = {}
         vals = [r for r in records if r.get("split") == "val"]
@@ -93,8 +94,10 @@ def _label(run: dict, keys: list[str]) -> str:
     return ", ".join(f"{k}={run['config'].get(k)}" for k in keys) or Path(run["path"]).name
 
 
-def rows(runs: list[dict], aggregate_seeds: bool = True) -> list[dict]:
-    """Table rows. With several seeds of one configuration, numbers are mean ± std over them."""
+def rows(runs: list[dict], aggregate_seeds: bool = True, columns: tuple[str, ...] = ()) -> list[dict]:
+    """Table rows. With several seeds of one configuration, numbers are mean ± std over them.
+    ``columns``: config keys every row also carries (``--keys``; a row whose runs differ in one
+    shows their values as ``a/b``)."""
     keys = differing_keys(runs)
     group_keys = [k for k in keys if k != "seed"] if aggregate_seeds and "seed" in keys else keys
     groups: dict[str, list[dict]] = {}
@@ -105,6 +108,9 @@ def rows(runs: list[dict], aggregate_seeds: bool = True) -> list[dict]:
     for label, members in groups.items():
         row = {"label": label, **{k: members[0]["config"].get(k) for k in group_keys}, "runs": len(members),
                "paths": [m["path"] for m in members]}
+        for k in columns:
+            vals = list(dict.fromkeys(str(m["config"].get(k)) for m in members))
+            row.setdefault(k, vals[0] if len(vals) == 1 else "/".join(vals))
         statuses = sorted({m["status"] for m in members})
         row["status"] = statuses[0] if len(statuses) == 1 else "/".join(statuses)
         for m in (*METRICS, *OPTIONAL_METRICS):
