@@ -9,7 +9,7 @@ import torch
 
 from vaerun.likelihoods import build_likelihood
 from vaerun.models import build_vae
-from vaerun.models.autoregressive import PixelCNNDecoder
+from vaerun.models.autoregressive import MaskedConv2d, PixelCNNDecoder
 
 
 def decoder(c=1, k=1, layers=4, kernel=5, size=8, cond="spatial"):
@@ -44,6 +44,26 @@ def test_outputs_never_depend_on_the_current_or_later_inputs(c, layers, kernel, 
         for before in range(pos + 1):                # outputs at positions <= pos (pos predicts itself from x_<pos)
             a, b, d = flat(c, size, before)
             torch.testing.assert_close(out_x[:, d * 2:(d + 1) * 2, a, b], out_y[:, d * 2:(d + 1) * 2, a, b])
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5, 7])
+@pytest.mark.parametrize("mask,groups", [("A", 1), ("B", 1), ("A", 3), ("B", 3)])
+def test_the_band_convolution_is_the_full_masked_convolution(kernel, mask, groups):
+    """MaskedConv2d skips the kernel rows below the centre (all masked): its output and every
+    gradient are those of the whole masked kernel, on images that are not square."""
+    torch.manual_seed(kernel)
+    conv = MaskedConv2d(6, 9, kernel, mask, groups).double()
+    x = torch.randn(2, 6, 7, 10, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 9, 7, 10, dtype=torch.float64)
+    out = conv(x)
+    grads = torch.autograd.grad(out, (x, conv.weight, conv.bias), g)
+    ref = torch.nn.functional.conv2d(x, conv.weight * conv.mask, conv.bias, padding=kernel // 2)
+    ref_grads = torch.autograd.grad(ref, (x, conv.weight, conv.bias), g)
+    assert out.shape == ref.shape == (2, 9, 7, 10)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+    assert grads[1][:, :, kernel // 2 + 1:].abs().sum() == 0  # masked rows get no gradient
 
 
 @pytest.mark.parametrize("c", [1, 3])
