@@ -116,3 +116,41 @@ def test_mig_separates_disentangled_from_entangled_codes():
 
     v = f[:, 0].long()
     assert _mutual_info_discrete(v, v, 8, 8) == pytest.approx(math.log(8), abs=0.01)
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv", "autoregressive"])
+def test_decoding_in_pieces_changes_no_number(monkeypatch, name):
+    """Evaluation decodes large batches in pieces of bounded memory (VAE.decode_pieces): the ELBO
+    terms and the importance weights are those of one whole-batch call, with the same draws."""
+    import vaerun.models.vae as vae_module
+
+    torch.manual_seed(0)
+    vae = build_vae(name, (1, 8, 8), build_likelihood("bernoulli", 1), latent_dim=3, hidden=[16], channels=[4],
+                    kernel=4, ar_layers=2, ar_kernel=3, ar_width=6, ar_cond_channels=2).double().eval()
+    x = torch.rand(10, 1, 8, 8, dtype=torch.float64).round()
+    whole, pieces = {}, {}
+    for budget, out in ((2 ** 40, whole), (1, pieces)):  # 1 byte: one row per decoder call
+        monkeypatch.setattr(vae_module, "DECODE_BYTES", {"cpu": budget})
+        calls = []
+        handle = vae.decoder.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+        torch.manual_seed(1)
+        out["terms"] = elbo_terms(vae, x, pieces=True)
+        torch.manual_seed(2)
+        out["iw"] = iw_log_likelihood(vae, x, 7, chunk=3)
+        handle.remove()
+        out["calls"] = calls
+    assert whole["calls"] == [1, 10, 30, 30, 10]  # the one-row measurement, then one call per batch / chunk
+    assert set(pieces["calls"]) == {1} and len(pieces["calls"]) == 10 + 70
+    for key in ("recon", "kl_per_dim", "mu"):
+        torch.testing.assert_close(getattr(pieces["terms"], key), getattr(whole["terms"], key))
+    torch.testing.assert_close(pieces["iw"], whole["iw"])
+
+
+def test_the_piece_size_follows_the_widest_decoder_activation():
+    vae = build_vae("autoregressive", (1, 28, 28), build_likelihood("bernoulli", 1), latent_dim=4, hidden=[16],
+                    channels=[4], kernel=4, ar_layers=2, ar_kernel=5, ar_width=64, ar_cond_channels=8)
+    z, x = torch.zeros(5, 4), torch.zeros(5, 1, 28, 28)
+    assert vae._decoder_row_bytes(z, x) == 2 * 64 * 28 * 28 * 4   # the gated layers' conv output, float32
+    mlp = build_vae("mlp", (1, 28, 28), build_likelihood("bernoulli", 1), latent_dim=4, hidden=[400], channels=[4],
+                    kernel=4)
+    assert mlp._decoder_row_bytes(torch.zeros(5, 4), None) == 784 * 4  # the 784 logits

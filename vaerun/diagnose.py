@@ -35,7 +35,7 @@ def z_dependence(model: VAE, data: Data, n: int = 500, seed: int = 0) -> dict:
     perm = torch.randperm(x.shape[0], generator=gen, device=x.device)
 
     def recon(zz):
-        return -model.likelihood.log_prob(model.decode(zz, x), x).mean().item()
+        return -model.likelihood.log_prob(model.decode_pieces(zz, x), x).mean().item()
 
     out = {"recon_posterior": recon(z), "recon_shuffled": recon(z[perm]), "recon_prior": recon(torch.randn_like(z))}
     out["shuffle_penalty"] = out["recon_shuffled"] - out["recon_posterior"]

@@ -48,8 +48,9 @@ def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, chunk: int = 256)
 
 
 def log_weights(model: VAE, x: torch.Tensor, k: int, chunk: int = 64) -> torch.Tensor:
-    """log p(x, z_k) − log q(z_k | x) for k samples per example: (B, K) nats. Decodes in chunks of
-    ``chunk`` samples (B·chunk decoder rows at a time) to bound memory."""
+    """log p(x, z_k) − log q(z_k | x) for k samples per example: (B, K) nats. Draws ``chunk``
+    samples per example at a time and decodes their B·chunk rows in pieces that stay within
+    the decoder's memory bound (:meth:`VAE.decode_pieces`)."""
     mu, logvar = model.encode(x)                                             # (B, D)
     b = x.shape[0]
     out = []
@@ -60,7 +61,7 @@ def log_weights(model: VAE, x: torch.Tensor, k: int, chunk: int = 64) -> torch.T
         log_q = _log_normal(z, mu, logvar)                                    # (kc, B)
         log_pz = -0.5 * (LOG_2PI + z.square()).sum(-1)                       # (kc, B)
         xr = x.expand(kc, *x.shape).reshape(kc * b, *x.shape[1:])            # (kc·B, C, H, W)
-        params = model.decode(z.reshape(kc * b, -1), xr)
+        params = model.decode_pieces(z.reshape(kc * b, -1), xr)
         log_px = model.likelihood.log_prob(params, xr).view(kc, b)          # (kc, B)
         out.append((log_px + log_pz - log_q).T)                              # (B, kc)
     return torch.cat(out, dim=1)

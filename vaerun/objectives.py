@@ -42,10 +42,12 @@ def gaussian_kl_grad(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tens
     return mu, 0.5 * (logvar.exp() - 1.0)
 
 
-def elbo_terms(model: VAE, x: torch.Tensor, autocast: Optional[torch.dtype] = None) -> Terms:
+def elbo_terms(model: VAE, x: torch.Tensor, autocast: Optional[torch.dtype] = None, pieces: bool = False) -> Terms:
     """One-sample Monte Carlo ELBO terms for a batch x (B, C, H, W). ``autocast`` (e.g.
     torch.bfloat16): the encoder and decoder run under autocast to that dtype; μ, log σ², z, the
-    log-likelihood and the KL stay float32. Without it everything stays in the model's dtype."""
+    log-likelihood and the KL stay float32. Without it everything stays in the model's dtype.
+    ``pieces``: decode in pieces of bounded memory (:meth:`VAE.decode_pieces`; evaluation's large
+    batches), with the same draws."""
     def networks():
         return torch.autocast(x.device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
 
@@ -57,7 +59,7 @@ def elbo_terms(model: VAE, x: torch.Tensor, autocast: Optional[torch.dtype] = No
     mu, logvar = full(mu), full(logvar)
     z = model.reparameterize(mu, logvar)
     with networks():
-        params = model.decode(z, x)
+        params = model.decode_pieces(z, x) if pieces else model.decode(z, x)
     recon = -model.likelihood.log_prob(full(params), x)
     return Terms(recon, gaussian_kl(mu, logvar), mu, logvar)
 

@@ -269,7 +269,7 @@ def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: floa
     gen = torch.Generator(device=data.train.images.device).manual_seed(seed + 104729)
     n_total, n, recon, kl_dim, penalty, mus, logvars, iw = len(data.split(split)), 0, 0.0, 0.0, 0.0, [], [], []
     for x in data.batches(split, batch_size, gen):
-        t = elbo_terms(model, x)
+        t = elbo_terms(model, x, pieces=True)
         b = x.shape[0]
         recon = recon + t.recon.double().sum()
         kl_dim = kl_dim + t.kl_per_dim.double().sum(0)

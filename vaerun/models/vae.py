@@ -8,6 +8,15 @@ import torch.nn as nn
 
 from vaerun.likelihoods import Likelihood
 
+# Bytes one decoder call's widest activation may take in evaluation (decode_pieces), by device
+# type. On a CPU pieces that stay in the cache are faster: the default PixelCNN evaluates at
+# ~90 examples/s in 32-row pieces, ~50 at 512 rows, the conv model ~4,300 vs ~3,200 at 1,000
+# rows (2 cores); the MLP's rows are small enough for thousands per piece. Elsewhere the bound
+# only keeps memory in check (K = 50 importance samples of 256 images are 12,800 PixelCNN rows,
+# 5 GB for one layer's output).
+DECODE_BYTES = {"cpu": 16 * 2 ** 20}
+DECODE_BYTES_OTHER = 2 ** 30
+
 
 class VAE(nn.Module):
     def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, latent_dim: int):
@@ -27,6 +36,35 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor, x: Optional[torch.Tensor] = None) -> torch.Tensor:
         """z (B, D) -> likelihood parameters (B, C*K, H, W); ``x`` for teacher-forced decoders."""
         return self.decoder(z, x)
+
+    def decode_pieces(self, z: torch.Tensor, x: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`decode` in pieces of rows whose widest decoder activation stays within
+        ``DECODE_BYTES`` (evaluation's large batches): the same numbers as one call, up to float
+        rounding. The bytes per row are measured once, on one row, from every decoder module's
+        output."""
+        rows = max(1, DECODE_BYTES.get(z.device.type, DECODE_BYTES_OTHER) // self._decoder_row_bytes(z, x))
+        if z.shape[0] <= rows:
+            return self.decode(z, x)
+        xs = x.split(rows) if x is not None else [None] * -(-z.shape[0] // rows)
+        return torch.cat([self.decode(zp, xp) for zp, xp in zip(z.split(rows), xs)])
+
+    def _decoder_row_bytes(self, z: torch.Tensor, x: Optional[torch.Tensor]) -> int:
+        measured = getattr(self, "_row_bytes", None)                  # (dtype, bytes): a .double() measures again
+        if measured is None or measured[0] != z.dtype:
+            widest = [0]
+
+            def hook(module, inputs, out):
+                if isinstance(out, torch.Tensor):
+                    widest[0] = max(widest[0], out.numel() * out.element_size())
+            handles = [m.register_forward_hook(hook) for m in self.decoder.modules()]
+            try:
+                with torch.no_grad():
+                    self.decode(z[:1], None if x is None else x[:1])
+            finally:
+                for h in handles:
+                    h.remove()
+            self._row_bytes = (z.dtype, max(widest[0], 1))
+        return self._row_bytes[1]
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
