@@ -167,8 +167,8 @@ def test_each_preset_trains_a_few_steps(tmp_path, preset):
 
 @pytest.mark.parametrize("lik,c,cond", [("bernoulli", 1, "spatial"), ("gaussian", 3, "global")])
 def test_cropped_sampling_equals_whole_image_sampling(lik, c, cond):
-    """generate() runs each pass on the band of rows a pixel can see; with the same random
-    stream it draws exactly the images the whole-image passes draw."""
+    """generate() runs each pass through the cone of rows a pixel depends on; with the same
+    random stream it draws exactly the images the whole-image passes draw."""
     torch.manual_seed(0)
     likelihood = build_likelihood(lik, c, **({"learn_sigma": "pixel"} if lik == "gaussian" else {}))
     dec = PixelCNNDecoder(3, (c, 9, 7), likelihood.params_per_channel, width=6, layers=2, kernel=3,
@@ -178,3 +178,22 @@ def test_cropped_sampling_equals_whole_image_sampling(lik, c, cond):
     a = dec.generate(z, likelihood, torch.Generator().manual_seed(5), crop=True)
     b = dec.generate(z, likelihood, torch.Generator().manual_seed(5), crop=False)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("c,layers,kernel,cond", [(1, 3, 5, "spatial"), (3, 2, 3, "global"), (1, 4, 3, "spatial"),
+                                                  (1, 1, 7, "spatial")])
+def test_a_row_through_the_cone_equals_the_whole_image_pass(c, layers, kernel, cond):
+    """row(i) computes each layer only on the rows later layers read (zeros above the image's
+    top edge, none below row i): for every row, rows near the top and deep inside alike, the
+    same parameters as the whole-image pass, whatever x holds below row i."""
+    dec = decoder(c=c, k=2, layers=layers, kernel=kernel, size=11, cond=cond)
+    z = torch.randn(3, 3, dtype=torch.float64)
+    x = torch.rand(3, c, 11, 11, dtype=torch.float64).round()
+    cond_map = dec.condition(z)
+    whole = dec.run(cond_map, x)                                      # (B, C·K, H, W)
+    for i in range(11):
+        below = x.clone()
+        below[:, :, i + 1:] = torch.rand_like(below[:, :, i + 1:])   # never read
+        row = dec.row(cond_map, below, i)
+        assert row.shape == (3, 2 * c, 1, 11)
+        torch.testing.assert_close(row[:, :, 0], whole[:, :, i])

@@ -51,11 +51,16 @@ class MaskedConv2d(nn.Conv2d):
         m[:, :, c, c] = centre.float()
         self.register_buffer("mask", m)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, top: bool = True) -> torch.Tensor:
+        """``top``: x starts at the image's first row (zeros above it), so there is an output row
+        for every input row; otherwise x is a band from inside the image and the first k // 2
+        rows, whose rows above are not in x, have no output (sampling's cone, below)."""
         c = self.kernel_size[0] // 2
         if c == 0:                                                   # 1x1: the centre tap only
             return F.conv2d(x, self.weight * self.mask, self.bias)
         w = self.weight[:, :, :c + 1] * self.mask[:, :, :c + 1]      # (out, in, c+1, k): centre row and above
+        if not top:
+            return F.conv2d(x, w, self.bias, padding=(0, c))         # (B, out, h − c, W)
         return F.conv2d(x, w, self.bias, padding=c)[:, :, :x.shape[2]]  # (B, out, H + c, W) -> first H rows
 
 
@@ -69,10 +74,14 @@ class GatedLayer(nn.Module):
         self.cond = nn.Conv2d(cond, 2 * width, 1)
         self.residual = mask == "B"
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        a, b = (self.conv(h) + self.cond(c)).chunk(2, dim=1)  # (B, width, H, W) each
+    def forward(self, h: torch.Tensor, c: torch.Tensor, top: bool = True) -> torch.Tensor:
+        """``top``: as in :meth:`MaskedConv2d.forward`; without it the output (and ``c``, the
+        conditioning rows) starts ``kernel // 2`` rows below h's first row."""
+        a, b = (self.conv(h, top) + self.cond(c)).chunk(2, dim=1)  # (B, width, H, W) each
         out = torch.tanh(a) * torch.sigmoid(b)
-        return h + out if self.residual else out
+        if not self.residual:
+            return out
+        return (h if top else h[:, :, self.conv.kernel_size[0] // 2:]) + out
 
 
 class PixelCNNDecoder(nn.Module):
@@ -121,25 +130,44 @@ class PixelCNNDecoder(nn.Module):
             raise ValueError("the autoregressive decoder needs x (teacher forcing); use generate() to sample")
         return self.run(self.condition(z), x)
 
+    def row(self, cond: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
+        """The likelihood parameters of row i alone, (B, C·K, 1, W), as :meth:`run` computes them
+        on the whole image, but through a cone: layer l of L only computes the rows that layers
+        l+1..L still read (``kernel // 2`` more per layer above it), down to row i alone at the
+        last layer and the head. Masked convolutions never look down, so x below row i is never
+        read. At kernel 5, 8 layers: 64 rows of layer work instead of 136 for the band of 17 rows
+        (and 224 for a whole 28-row image)."""
+        cs = [layer.conv.kernel_size[0] // 2 for layer in self.layers]
+        lo = max(0, i - sum(cs))                                             # the rows layer 1 reads
+        out = 2 * x[:, :, lo:i + 1] - 1
+        for n, layer in enumerate(self.layers):
+            top = lo == 0                                # at the image's top edge: zeros above
+            first = lo if top else lo + cs[n]            # this layer's first output row
+            out = layer(out, cond[:, :, first:i + 1] if cond.shape[2] > 1 else cond, top)
+            lo = max(0, i - sum(cs[n + 1:]))             # the rows the later layers read
+            out = out[:, :, lo - first:]
+        return self.head(out)                                                # (B, C·K, 1, W)
+
     @torch.no_grad()
     def generate(self, z: torch.Tensor, likelihood, generator: Optional[torch.Generator] = None,
                  crop: bool = True) -> torch.Tensor:
         """x ~ p(x|z), pixel by pixel and channel by channel, for the whole batch at once: one
         network pass per (row, column, channel), never a loop over examples.
 
-        ``crop``: row i's predictions see only rows i − reach .. i (masked convolutions never look
-        down, and each layer looks ``kernel // 2`` rows up), so each pass runs on that band of rows
-        instead of the whole image: the same numbers, 2-3x less work on 28x28 images."""
+        ``crop``: each pass computes only what row i's predictions depend on (:meth:`row`: rows
+        i − reach .. i, fewer at every later layer) instead of the whole image: the same numbers,
+        about 3.5x less work than whole-image passes on 28x28 images with the collapse presets'
+        8 layers."""
         c, h, w = self.shape
         x = torch.zeros(z.shape[0], c, h, w, device=z.device)
-        cond, reach = self.condition(z), self.reach
+        cond = self.condition(z)
         for i in range(h):
-            lo = max(0, i - reach) if crop else 0
-            hi = i + 1 if crop else h
-            band_cond = cond[:, :, lo:hi] if cond.shape[2] > 1 else cond
             for j in range(w):
                 for ch in range(c):
-                    params = self.run(band_cond, x[:, :, lo:hi])[:, :, i - lo, j, None, None]  # (B, C·K, 1, 1)
+                    if crop:
+                        params = self.row(cond, x, i)[:, :, 0, j, None, None]            # (B, C·K, 1, 1)
+                    else:
+                        params = self.run(cond, x)[:, :, i, j, None, None]
                     sample = likelihood.sample(params, generator=generator)                  # (B, C, 1, 1)
                     x[:, ch, i, j] = sample[:, ch, 0, 0].clamp(0, 1)
         return x
