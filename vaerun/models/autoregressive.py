@@ -138,7 +138,7 @@ class PixelCNNDecoder(nn.Module):
         read. At kernel 5, 8 layers: 64 rows of layer work instead of 136 for the band of 17 rows
         (and 224 for a whole 28-row image)."""
         cs = [layer.conv.kernel_size[0] // 2 for layer in self.layers]
-        lo = max(0, i - sum(cs))                                             # the rows layer 1 reads
+        lo = max(0, i - self.reach)                                          # the rows layer 1 reads
         out = 2 * x[:, :, lo:i + 1] - 1
         for n, layer in enumerate(self.layers):
             top = lo == 0                                # at the image's top edge: zeros above

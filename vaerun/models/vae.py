@@ -1,6 +1,7 @@
 """The VAE: an encoder, a decoder and a likelihood, with a standard-normal prior p(z) = N(0, I)."""
 from __future__ import annotations
 
+import itertools
 from typing import Optional
 
 import torch
@@ -45,7 +46,7 @@ class VAE(nn.Module):
         rows = max(1, DECODE_BYTES.get(z.device.type, DECODE_BYTES_OTHER) // self._decoder_row_bytes(z, x))
         if z.shape[0] <= rows:
             return self.decode(z, x)
-        xs = x.split(rows) if x is not None else [None] * -(-z.shape[0] // rows)
+        xs = x.split(rows) if x is not None else itertools.repeat(None)
         return torch.cat([self.decode(zp, xp) for zp, xp in zip(z.split(rows), xs)])
 
     def _decoder_row_bytes(self, z: torch.Tensor, x: Optional[torch.Tensor]) -> int:
