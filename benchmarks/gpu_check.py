@@ -66,9 +66,10 @@ def default_experiment() -> None:
 
 
 def variants() -> None:
-    """Every model x likelihood on CUDA, a few hundred steps."""
+    """Every model (and the likelihoods) on CUDA, a few hundred steps."""
     for i, extra in enumerate((["model=conv"], ["model=conv", "likelihood=gaussian", "likelihood.learn_sigma=pixel"],
-                               ["likelihood=gaussian", "likelihood.learn_sigma=channel", "dataset.binarize=dynamic"])):
+                               ["likelihood=gaussian", "likelihood.learn_sigma=channel", "dataset.binarize=dynamic"],
+                               ["model=autoregressive"])):  # evaluation in pieces, sample grids through the cone
         out = run("train", *extra, "max_steps=300", "eval_every=150", f"out_dir={OUT}/variant{i}")
         if out.returncode:
             print(out.stdout[-2000:], out.stderr[-2000:])
@@ -128,8 +129,141 @@ def resume_after_sigint() -> None:
     check(diff < 1e-2 * max(1.0, abs(a[-1]["loss"])), "resumed run matches the uninterrupted one on CUDA")
 
 
-SECTIONS = {"graphs": graphs_follow_eager, "default": default_experiment, "variants": variants,
-            "resume": resume_after_sigint}
+def fused_follows_autograd() -> None:
+    """The MLP's written-out training pass (fused_mlp=true, the default) trains the same trajectory
+    as the autograd step on CUDA, same seed (tests/test_reference.py checks both on the CPU)."""
+    common = ["dataset.num_examples=1100", "dataset.val_size=100", "batch_size=96", "max_steps=60", "log_every=1",
+              "eval_every=30", "sample_every=1000", "checkpoint_every=1000", f"device={DEVICE}", "tensorboard=false",
+              "dataset.binarize=dynamic", "schedule=linear", "schedule.warmup_steps=20", "free_bits=0.05",
+              "progress=log", "pictures.latents=false", "pictures.traverse=false"]
+    dirs = {}
+    for name, extra in (("fused", []), ("autograd", ["fused_mlp=false"])):
+        out = run("train", *common, *extra, f"out_dir={OUT}/{name}")
+        if out.returncode:
+            print(out.stdout[-2000:], out.stderr[-2000:])
+        dirs[name], s = summary_of(OUT / name)
+        check(out.returncode == 0 and s["status"] == "completed", f"{name} MLP run: {s.get('status')}")
+    a, b = records(dirs["autograd"]), records(dirs["fused"])
+    rel = [abs(x[k] - y[k]) / max(abs(x[k]), 1e-3) for x, y in zip(a, b) for k in ("loss", "recon", "kl") if k in x]
+    print(f"written-out pass vs autograd: {len(b)} vs {len(a)} records, largest relative difference {max(rel):.2e}")
+    check(len(a) == len(b) and max(rel) < 1e-3, f"fused_mlp=true follows the autograd trajectory on {DEVICE}")
+
+
+def pixelcnn() -> None:
+    """The PixelCNN's CPU-motivated rewrites on CUDA (float64, so only the logic is compared):
+    band convolutions against whole masked kernels (outputs and gradients), row() through the
+    cone against whole-image passes, generate() through the cone against whole-image sampling,
+    evaluation in pieces against whole calls; then float32 timings side by side."""
+    import torch
+
+    import vaerun.models.vae as vae_module
+    from bench import full_masked_kernels
+    from vaerun.likelihoods import build_likelihood
+    from vaerun.metrics import iw_log_likelihood
+    from vaerun.models import build_vae
+    from vaerun.models.autoregressive import MaskedConv2d, PixelCNNDecoder
+    from vaerun.objectives import elbo_terms
+
+    dev = torch.device(DEVICE)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    worst = 0.0
+    for kernel, mask, groups in ((3, "A", 1), (5, "B", 1), (7, "A", 3), (5, "B", 3)):
+        conv = MaskedConv2d(6, 9, kernel, mask, groups).double().to(dev)
+        x = torch.randn(2, 6, 7, 10, dtype=torch.float64, device=dev, requires_grad=True)
+        g = torch.randn(2, 9, 7, 10, dtype=torch.float64, device=dev)
+        got = (conv(x), *torch.autograd.grad(conv(x), (x, conv.weight, conv.bias), g))
+        ref = torch.nn.functional.conv2d(x, conv.weight * conv.mask, conv.bias, padding=kernel // 2)
+        want = (ref, *torch.autograd.grad(ref, (x, conv.weight, conv.bias), g))
+        worst = max([worst] + [(a - b).abs().max().item() for a, b in zip(got, want)])
+    check(worst < 1e-9, f"band convolutions = whole masked kernels on {dev} (outputs, gradients): {worst:.1e}")
+
+    torch.manual_seed(0)
+    dec = PixelCNNDecoder(3, (1, 14, 14), 1, width=12, layers=4, kernel=5, cond_channels=4).double().to(dev)
+    z = torch.randn(3, 3, dtype=torch.float64, device=dev)
+    x = torch.rand(3, 1, 14, 14, dtype=torch.float64, device=dev).round()
+    cond = dec.condition(z)
+    whole = dec.run(cond, x)
+    worst = max((dec.row(cond, x, i)[:, :, 0] - whole[:, :, i]).abs().max().item() for i in range(14))
+    check(worst < 1e-9, f"row(i) through the cone = the whole-image pass on {dev}, every row: {worst:.1e}")
+    lik = build_likelihood("bernoulli", 1).to(dev)
+    own = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # generate() starts from zeros of the default dtype
+    try:
+        a, b = (dec.generate(z, lik, torch.Generator(dev).manual_seed(5), crop=crop) for crop in (True, False))
+    finally:
+        torch.set_default_dtype(own)
+    check(torch.equal(a, b) and 0 < a.mean() < 1, f"sampling through the cone = whole-image sampling on {dev}")
+
+    results = {}
+    for name in ("mlp", "autoregressive"):
+        torch.manual_seed(0)
+        vae = build_vae(name, (1, 8, 8), build_likelihood("bernoulli", 1), latent_dim=3, hidden=[16], channels=[4],
+                        kernel=4, ar_layers=2, ar_kernel=3, ar_width=6, ar_cond_channels=2).double().to(dev).eval()
+        xs = torch.rand(10, 1, 8, 8, dtype=torch.float64, device=dev).round()
+        own_bytes = vae_module.DECODE_BYTES, vae_module.DECODE_BYTES_OTHER
+        for budget in (2 ** 40, 1):  # unbounded, then one row per decoder call
+            vae_module.DECODE_BYTES, vae_module.DECODE_BYTES_OTHER = {}, budget
+            try:
+                torch.manual_seed(1)
+                terms = elbo_terms(vae, xs, pieces=True)
+                torch.manual_seed(2)
+                results[name, budget] = (terms.recon, terms.kl_per_dim, iw_log_likelihood(vae, xs, 7, chunk=3))
+            finally:
+                vae_module.DECODE_BYTES, vae_module.DECODE_BYTES_OTHER = own_bytes
+        diff = max((u - v).abs().max().item() for u, v in zip(results[name, 1], results[name, 2 ** 40]))
+        check(diff < 1e-9, f"{name}: evaluation in one-row pieces = whole calls on {dev} (ELBO terms, nll_iw): "
+                           f"{diff:.1e}")
+
+    # float32 timings, side by side (the collapse presets' decoder, 28x28, batch 64)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    torch.manual_seed(0)
+    vae = build_vae("autoregressive", (1, 28, 28), build_likelihood("bernoulli", 1), latent_dim=16, hidden=[400],
+                    channels=[32, 64], kernel=4, ar_layers=8, ar_kernel=5, ar_width=32,
+                    ar_cond_channels=16).to(dev)
+    opt = torch.optim.Adam(vae.parameters(), 1e-3)
+    gpu = dev.type == "cuda"  # GPU_CHECK_DEVICE=cpu: a smoke run, a few steps and images
+    n, steps = (64, 50) if gpu else (2, 2)
+    xb = torch.rand(n, 1, 28, 28, device=dev).round()
+
+    def sync() -> None:
+        if gpu:
+            torch.cuda.synchronize()
+
+    def train_rate(steps=steps) -> float:
+        sync()
+        t = time.perf_counter()
+        for _ in range(steps):
+            terms = elbo_terms(vae, xb)
+            loss = (terms.recon + terms.kl_per_dim.sum(1)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sync()
+        return steps * n / (time.perf_counter() - t)
+    train_rate(3)
+    band, full = [], []
+    for _ in range(3):
+        band.append(train_rate())
+        with full_masked_kernels():
+            full.append(train_rate())
+    band_r, full_r = sorted(band)[1], sorted(full)[1]
+    print(f"PixelCNN training on {dev}, batch {n}: band convolutions {band_r:,.0f} ex/s, whole masked kernels "
+          f"{full_r:,.0f} ex/s ({band_r / full_r:.2f}x)")
+    vae.eval()
+    zz = torch.randn(n, 16, device=dev)
+    times = {}
+    for crop in (True, False, True, False):
+        sync()
+        t = time.perf_counter()
+        vae.decoder.generate(zz, vae.likelihood, torch.Generator(dev).manual_seed(1), crop=crop)
+        sync()
+        times[crop] = time.perf_counter() - t  # the second of each (warm)
+    print(f"PixelCNN sampling of {n} images on {dev}: through the cone {times[True]:.2f} s, "
+          f"whole-image passes {times[False]:.2f} s ({times[False] / times[True]:.2f}x)")
+
+
+SECTIONS = {"graphs": graphs_follow_eager, "fused": fused_follows_autograd, "pixelcnn": pixelcnn,
+            "default": default_experiment, "variants": variants, "resume": resume_after_sigint}
 
 
 def main() -> int:
