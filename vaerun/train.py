@@ -129,14 +129,14 @@ def build(cfg: TrainConfig) -> Parts:
         log.warning("compile_mode=%s on %s: its CUDA graphs need a CUDA device, so this compiles as "
                     "compile_mode=default would (the first steps still pay the compilation)",
                     cfg.compile_mode.name, device.type)
-    if device.type == "cuda" and not cfg.compile:
+    fused = fused_pass(model) if cfg.fused_mlp and not cfg.compile and cfg.precision.value != "bf16" else None
+    if device.type == "cuda" and not cfg.compile and fused is None:  # the MLP's written-out pass beats graphs there
         log.info("training on CUDA eagerly: small models' steps wait on kernel launches there; "
-                 "compile=true compile_mode=reduce_overhead replays them as CUDA graphs (1.1-2.8x faster for "
-                 "vaerun's MLP, conv and autoregressive models on an H200: docs/performance_gpu.md)")
+                 "compile=true compile_mode=reduce_overhead replays them as CUDA graphs (1.7x faster for "
+                 "vaerun's conv model, 3.4x for the autoregressive one on an H200: docs/performance_gpu.md)")
     forward = make_forward(model, device, precision=cfg.precision.value, compile=cfg.compile,
                            mode=cfg.compile_mode.value)
     ema = WeightAverage(model, o.ema) if o.ema > 0 else None
-    fused = fused_pass(model) if cfg.fused_mlp and not cfg.compile and cfg.precision.value != "bf16" else None
     return Parts(data, model, optimizer, lr_scheduler, schedule, device, steps_per_epoch, total, capacity, forward,
                  fused, ema)
 

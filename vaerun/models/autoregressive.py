@@ -150,14 +150,18 @@ class PixelCNNDecoder(nn.Module):
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, likelihood, generator: Optional[torch.Generator] = None,
-                 crop: bool = True) -> torch.Tensor:
+                 crop: Optional[bool] = None) -> torch.Tensor:
         """x ~ p(x|z), pixel by pixel and channel by channel, for the whole batch at once: one
         network pass per (row, column, channel), never a loop over examples.
 
         ``crop``: each pass computes only what row i's predictions depend on (:meth:`row`: rows
         i − reach .. i, fewer at every later layer) instead of the whole image: the same numbers,
         about 3.5x less work than whole-image passes on 28x28 images with the collapse presets'
-        8 layers."""
+        8 layers (3.3x faster on 2 CPU cores). ``None`` (default): on a CPU only; a GPU is bound
+        by kernel launches, not arithmetic, there, and the whole-image passes were 1.2x faster
+        (H200, docs/performance_gpu.md)."""
+        if crop is None:
+            crop = z.device.type == "cpu"
         c, h, w = self.shape
         x = torch.zeros(z.shape[0], c, h, w, device=z.device)
         cond = self.condition(z)
