@@ -308,6 +308,9 @@ def ceiling(root: str, repeats: int) -> dict:
 
 
 def models(root: str, repeats: int, quick: bool) -> dict:
+    import copy
+
+    from vaerun.optim import build_optimizer
     from vaerun.train import build, train_step
 
     res = {}
@@ -319,23 +322,29 @@ def models(root: str, repeats: int, quick: bool) -> dict:
         p = build(cfg)
         xs = [p.data.prepare(p.data.train.images[i * bs:(i + 1) * bs]) for i in range(4)]
 
-        def rate() -> float:
+        def rate(model=p.model, optimizer=p.optimizer) -> float:
             t = time.perf_counter()
             for i in range(steps):
-                train_step(p.model, p.optimizer, xs[i % 4], 1.0, 0.0, 0.0)
+                train_step(model, optimizer, xs[i % 4], 1.0, 0.0, 0.0)
             return steps * bs / (time.perf_counter() - t)
         train_step(p.model, p.optimizer, xs[0], 1.0, 0.0, 0.0)
+        # side by side: the conv model with its weights NCHW, as built (vaerun.models.place makes them channels-last)
+        nchw = copy.deepcopy(p.model).to(memory_format=torch.contiguous_format) if name == "conv" else None
+        nchw_opt = build_optimizer(nchw.parameters(), "adam", lr=1e-3) if nchw is not None else None
         rates, full = [], []
         for _ in range(repeats):
             rates.append(rate())
             if name == "autoregressive":  # side by side: every masked conv with its whole masked kernel
                 with full_masked_kernels():
                     full.append(rate())
+            if nchw is not None:
+                full.append(rate(nchw, nchw_opt))
         res[name] = {"examples_per_sec": median(rates), "runs": rates, "batch_size": bs,
                      "params": sum(q.numel() for q in p.model.parameters())}
         if full:
-            res[name].update(full_kernel_examples_per_sec=median(full), full_kernel_runs=full,
-                             speedup_vs_full_kernel=median([a / b for a, b in zip(rates, full)]))
+            ref = "full_kernel" if name == "autoregressive" else "nchw"
+            res[name].update({f"{ref}_examples_per_sec": median(full), f"{ref}_runs": full,
+                              f"speedup_vs_{ref}": median([a / b for a, b in zip(rates, full)])})
         res[name].update(evaluation_rows(p, repeats, quick))
         if name == "autoregressive":
             n = 8 if quick else 64
@@ -477,6 +486,9 @@ def table_rows(r: dict) -> list[tuple[str, str, str, str]]:
         if "full_kernel_examples_per_sec" in m:
             rows.append(("the same with whole masked kernels", f"{m['full_kernel_examples_per_sec']:,.0f} ex/s",
                          f"{m['speedup_vs_full_kernel']:.2f}x", ""))
+        if "nchw_examples_per_sec" in m:
+            rows.append(("the same with NCHW weights (channels-last is the CPU default)",
+                         f"{m['nchw_examples_per_sec']:,.0f} ex/s", f"{m['speedup_vs_nchw']:.2f}x", ""))
         if "eval_rows_per_sec" in m:
             rows.append((f"{name} evaluation, decoder rows/s (in pieces vs whole batches)",
                          f"{m['eval_rows_per_sec']:,.0f} vs {m['eval_rows_per_sec_whole']:,.0f}",
@@ -618,6 +630,11 @@ def write_page(r: dict, path: Path) -> None:
                              f"kernel (the rows below the centre as zeros, as the textbook writes it): "
                              f"{mm['full_kernel_examples_per_sec']:,.0f} examples/s; vaerun's band of rows is "
                              f"{mm['speedup_vs_full_kernel']:.2f}x that (median of paired repeats).")
+            if "nchw_examples_per_sec" in mm:
+                lines.append(f"- {name}, side by side with its weights in PyTorch's default NCHW layout: "
+                             f"{mm['nchw_examples_per_sec']:,.0f} examples/s; with the channels-last weights that "
+                             f"`place()` gives the conv model on a CPU (oneDNN's NHWC kernels) it is "
+                             f"{mm['speedup_vs_nchw']:.2f}x that (median of paired repeats).")
             if "eval_rows_per_sec" in mm:
                 lines.append(f"- {name} evaluation: the ELBO of {mm['eval_examples']} validation images in one batch "
                              f"and K = 50 importance samples of {mm['eval_iw_examples']} of them "

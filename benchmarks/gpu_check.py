@@ -263,8 +263,57 @@ def pixelcnn() -> None:
           f"{whole:.2f} s ({whole / cone:.2f}x; medians of {len(times[True][1:]) or 1})")
 
 
+def layout() -> None:
+    """The conv model's training step on CUDA with NCHW weights (what place() leaves on a GPU)
+    and channels-last weights (what it gives them on a CPU), float32 and bf16 autocast, side by
+    side: whether channels-last should apply on CUDA too."""
+    import copy
+
+    import torch
+
+    from vaerun.likelihoods import build_likelihood
+    from vaerun.models import build_vae
+    from vaerun.objectives import elbo_terms
+    from vaerun.optim import build_optimizer, optimizer_step, zero_grad
+
+    dev = torch.device(DEVICE)
+    gpu = dev.type == "cuda"
+    torch.manual_seed(0)
+    vae = build_vae("conv", (1, 28, 28), build_likelihood("bernoulli", 1), latent_dim=10, hidden=[256],
+                    channels=[32, 64, 64], kernel=4).to(dev)
+    models = {"nchw": vae, "channels_last": copy.deepcopy(vae).to(memory_format=torch.channels_last)}
+    opts = {k: build_optimizer(m.parameters(), "adam", lr=1e-3) for k, m in models.items()}
+    xb = torch.rand(128, 1, 28, 28, device=dev).round()
+    steps = 100 if gpu else 2
+
+    def rate(name: str, dtype) -> float:
+        m, o = models[name], opts[name]
+        if gpu:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(steps):
+            zero_grad(o)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                terms = elbo_terms(m, xb)
+            (terms.recon + terms.kl_per_dim.sum(1)).mean().backward()
+            optimizer_step(o)
+        if gpu:
+            torch.cuda.synchronize()
+        return steps * 128 / (time.perf_counter() - t)
+    for dtype in ("fp32", "bf16"):
+        for name in models:
+            rate(name, dtype)
+        runs = {name: [] for name in models}
+        for _ in range(5 if gpu else 1):
+            for name in models:
+                runs[name].append(rate(name, dtype))
+        a, b = (sorted(v)[len(v) // 2] for v in runs.values())
+        print(f"conv training on {dev}, {dtype}, batch 128: NCHW weights {a:,.0f} ex/s, channels-last {b:,.0f} ex/s "
+              f"({b / a:.2f}x; medians of {len(runs['nchw'])})")
+
+
 SECTIONS = {"graphs": graphs_follow_eager, "fused": fused_follows_autograd, "pixelcnn": pixelcnn,
-            "default": default_experiment, "variants": variants, "resume": resume_after_sigint}
+            "layout": layout, "default": default_experiment, "variants": variants, "resume": resume_after_sigint}
 
 
 def main() -> int:

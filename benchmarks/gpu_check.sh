@@ -5,8 +5,8 @@
 #      alone and with bf16), as one table (also train_speed.json, copied to $OUT when it is set);
 #   2. benchmarks/gpu_check.py: correctness on CUDA (CUDA graphs vs eager and the MLP's written-out
 #      pass vs autograd on one seed; the PixelCNN's band convolutions, cone and evaluation pieces
-#      against their references, with timings; default experiment, eval, diagnose, every model,
-#      resume after SIGINT bit for bit).
+#      against their references, with timings; conv weights NCHW vs channels-last; default
+#      experiment, eval, diagnose, every model, resume after SIGINT bit for bit).
 # Measured on an H200: docs/performance_gpu.md.
 # Usage: bash benchmarks/gpu_check.sh [train_speed.py options, e.g. --quick or --models mlp]
 # Record the table, with the GPU's name, in docs/performance.md ("GPU").

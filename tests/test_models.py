@@ -1,11 +1,13 @@
 """Contracts over the registries: every model x likelihood, 1 and 3 channels, odd image sizes."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from vaerun.likelihoods import LIKELIHOODS, build_likelihood
-from vaerun.models import MODELS, build_vae
+from vaerun.models import MODELS, build_vae, place
 from vaerun.objectives import elbo_terms
 
 LIKELIHOOD_VARIANTS = [("bernoulli", {}), ("gaussian", {"learn_sigma": "none"}), ("gaussian", {"learn_sigma": "global"}),
@@ -60,3 +62,36 @@ def test_init_schemes_change_weights_and_zero_biases(init):
     w0, w1 = default.encoder.body[1].weight, other.encoder.body[1].weight
     assert not torch.equal(w0, w1)
     assert torch.all(other.encoder.body[1].bias == 0)
+
+
+@pytest.mark.parametrize("lik,kw", LIKELIHOOD_VARIANTS)
+def test_place_makes_the_conv_model_channels_last_on_a_cpu_and_changes_no_number(lik, kw):
+    """place(): the conv model's 4-D weights channels-last on a CPU (oneDNN's NHWC kernels), the
+    same ELBO terms and gradients as the NCHW model, and NCHW decoder outputs for the likelihood
+    (C·K > 1 maps included); the other models are left as built."""
+    torch.manual_seed(0)
+    shape = (3, 16, 16)
+    likelihood = build_likelihood(lik, 3, **kw)
+    vae = build_vae("conv", shape, likelihood, latent_dim=3, hidden=[16], channels=[4, 8], kernel=4)
+    nhwc = place(copy.deepcopy(vae), torch.device("cpu"))
+    weights = [p for p in nhwc.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                           for p in weights)
+    x = torch.rand(5, *shape).round()
+    z = torch.randn(5, 3)
+    out = nhwc.decode(z, x)
+    assert out.is_contiguous() and out.shape == (5, 3 * likelihood.params_per_channel, 16, 16)
+    torch.testing.assert_close(out, vae.decode(z, x))
+    terms = []
+    for m in (vae, nhwc):
+        torch.manual_seed(1)
+        t = elbo_terms(m, x)
+        (t.recon.mean() + t.kl.mean()).backward()
+        terms.append(t)
+    torch.testing.assert_close(terms[1].recon, terms[0].recon)
+    for a, b in zip(nhwc.parameters(), vae.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    for name in ("mlp", "autoregressive"):
+        other = build_vae(name, shape, likelihood, latent_dim=3, hidden=[16], channels=[4, 8], kernel=4,
+                          ar_layers=2, ar_kernel=3, ar_width=6, ar_cond_channels=2)
+        assert all(p.is_contiguous() for p in place(other, torch.device("cpu")).parameters())

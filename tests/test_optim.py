@@ -80,3 +80,28 @@ def test_zero_grad_sets_gradients_to_none():
     _backward(model, torch.randn(4, 12))
     zero_grad(opt)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_moments_loaded_in_another_memory_layout_follow_their_parameters():
+    """A checkpoint's Adam moments in NCHW loaded for channels-last conv weights (vaerun.models.place
+    on a CPU): match_param_layouts gives them the weights' layout, so the fused kernel, which walks
+    every tensor by memory position, pairs each moment with its own weight; the update then equals
+    the NCHW run's."""
+    torch.manual_seed(0)
+    nchw = torch.nn.Conv2d(3, 8, 4)
+    opts = [build_optimizer(nchw.parameters(), "adam", lr=1e-2)]
+    _backward(nchw, torch.randn(2, 3, 9, 9))
+    optimizer_step(opts[0])                                   # moments exist, NCHW
+    nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)   # the weights as a resume loads them
+    opts.append(build_optimizer(nhwc.parameters(), "adam", lr=1e-2))
+    opts[1].load_state_dict(copy.deepcopy(opts[0].state_dict()))  # and the moments, as from a file
+    optim.match_param_layouts(opts[1])
+    moment = opts[1].state[nhwc.weight]["exp_avg"]
+    assert moment.stride() == nhwc.weight.stride() != opts[0].state[nchw.weight]["exp_avg"].stride()
+    for _ in range(3):
+        x = torch.randn(2, 3, 9, 9)
+        for m, o in zip((nchw, nhwc), opts):
+            _backward(m, x)
+            optimizer_step(o)
+    torch.testing.assert_close(nhwc.weight, nchw.weight)
+    torch.testing.assert_close(opts[1].state[nhwc.weight]["exp_avg_sq"], opts[0].state[nchw.weight]["exp_avg_sq"])

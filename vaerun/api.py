@@ -71,13 +71,14 @@ class Run:
     def model(self, checkpoint: str = "best") -> torch.nn.Module:
         """The VAE rebuilt from ``checkpoints/<checkpoint>.pt`` (best or last), in eval mode."""
         if checkpoint not in self._models:
+            from vaerun.models import place
             from vaerun.train import build_model
 
             state = self.folder.load_checkpoint(checkpoint, map_location=self.device)
             shape = tuple(self.summary.get("data_shape") or self.data().shape)
-            vae = build_model(self.cfg, shape)
+            vae = place(build_model(self.cfg, shape), self.device)
             vae.load_state_dict(model_weights(state))
-            self._models[checkpoint] = vae.to(self.device).eval()
+            self._models[checkpoint] = vae.eval()
         return self._models[checkpoint]
 
     def prepare(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

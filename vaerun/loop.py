@@ -20,7 +20,7 @@ from vaerun.data import Data
 from vaerun.errors import Interrupted, NonFiniteError
 from vaerun.models import VAE
 from vaerun.objectives import Terms
-from vaerun.optim import is_per_step
+from vaerun.optim import is_per_step, match_param_layouts
 from vaerun.train import Accumulator, Parts, evaluate, seeded_rng, train_step
 
 log = logging.getLogger("vaerun")
@@ -74,6 +74,7 @@ def restore(parts: Parts, ckpt: dict, rngs: Rngs, acc: Accumulator) -> LoopState
     """Puts model, optimizer, scheduler, RNGs and the accumulator back as they were at ``ckpt``."""
     parts.model.load_state_dict(ckpt["model"])
     parts.optimizer.load_state_dict(ckpt["optimizer"])
+    match_param_layouts(parts.optimizer)  # a checkpoint written with another memory layout
     if parts.ema is not None:  # a checkpoint from before the average existed cannot be resumed with one
         parts.ema.load_model_state(ckpt["ema_model"])
     if parts.lr_scheduler is not None and ckpt["lr_scheduler"] is not None:

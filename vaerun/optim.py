@@ -110,6 +110,18 @@ def _fused_adam_calls(optimizer: torch.optim.Optimizer):
     return calls
 
 
+def match_param_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Gives every per-parameter state tensor (Adam's moments) its parameter's memory layout.
+    The fused Adam kernel walks parameter, gradient and moments by raw memory position, so a
+    moment loaded from a checkpoint in another layout (NCHW moments for channels-last weights,
+    see :func:`vaerun.models.place`) would be paired with the wrong elements, silently. Values are
+    unchanged; call it after ``optimizer.load_state_dict``."""
+    for p, state in optimizer.state.items():
+        for key, v in state.items():
+            if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                state[key] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 def zero_grad(optimizer: torch.optim.Optimizer) -> None:
     """``optimizer.zero_grad(set_to_none=True)`` without its per-call profiler record."""
     for group in optimizer.param_groups:

@@ -18,7 +18,7 @@ from vaerun.config import TrainConfig, validate
 from vaerun.data import Data, load_data
 from vaerun.errors import ConfigError
 from vaerun.likelihoods import build_likelihood
-from vaerun.models import VAE, build_vae
+from vaerun.models import VAE, build_vae, place
 from vaerun.models.fused import fused_pass
 from vaerun.objectives import Terms, elbo_terms, kl_penalty, training_loss
 from vaerun.optim import WeightAverage, build_lr_scheduler, build_optimizer, optimizer_step, zero_grad
@@ -107,7 +107,7 @@ def build(cfg: TrainConfig) -> Parts:
     device = resolve_device(cfg.device.value)
     s, o = cfg.schedule, cfg.optimizer
     data = build_data(cfg)
-    model = build_model(cfg, data.shape).to(device)
+    model = place(build_model(cfg, data.shape), device)
     data = data.to(device)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch

@@ -1,6 +1,8 @@
 """Encoders, decoders and the VAE that joins them; :func:`build_vae` is the registry."""
 from __future__ import annotations
 
+import torch
+
 from vaerun.likelihoods import Likelihood
 from vaerun.models.autoregressive import PixelCNNDecoder
 from vaerun.models.decoders import ConvDecoder, MLPDecoder
@@ -39,4 +41,16 @@ def build_vae(name: str, data_shape: tuple[int, int, int], likelihood: Likelihoo
     return vae
 
 
-__all__ = ["VAE", "build_vae", "MODELS", "MLPEncoder", "ConvEncoder", "MLPDecoder", "ConvDecoder", "PixelCNNDecoder"]
+def place(vae: VAE, device: torch.device) -> VAE:
+    """``vae`` on ``device``, in the memory layout that trains fastest there: on a CPU the conv
+    model's 4-D weights channels-last (NHWC), so every convolution runs oneDNN's NHWC kernels
+    (1.1-1.2x per training step for the MNIST conv model on 2 cores, ``make bench``; the
+    single-channel first and last layers gain most). Values are unchanged; the other models gain
+    nothing (the PixelCNN loses), so they stay as built."""
+    vae = vae.to(device)
+    if device.type == "cpu" and type(vae.decoder) is ConvDecoder:
+        vae.to(memory_format=torch.channels_last)
+    return vae
+
+
+__all__ = ["VAE", "build_vae", "place", "MODELS", "MLPEncoder", "ConvEncoder", "MLPDecoder", "ConvDecoder", "PixelCNNDecoder"]

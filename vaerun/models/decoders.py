@@ -53,4 +53,4 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor, x: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.fc(z).view(z.shape[0], *self.start)  # (B, c_n, s_n, s_n)
-        return self.net(h)                              # (B, C*K, H, W)
+        return self.net(h).contiguous()                 # (B, C*K, H, W); NCHW also from channels-last weights
