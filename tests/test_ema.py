@@ -81,7 +81,8 @@ def test_a_run_with_ema_evaluates_and_checkpoints_the_average_and_trains_the_sam
     assert rec["elbo"] != plain.read_metrics("val")[-1]["elbo"]
 
 
-def test_resume_carries_the_average(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", ["mlp", "conv"])  # conv: channels-last weights and moments on a CPU
+def test_resume_carries_the_average(tmp_path, monkeypatch, model):
     """Stopped after step 5 (as by SIGTERM: checkpoint, Interrupted) and resumed, the run ends
     with the same weights and the same average as the run that was never stopped."""
     from vaerun import session
@@ -89,7 +90,8 @@ def test_resume_carries_the_average(tmp_path, monkeypatch):
     from vaerun.loop import GracefulStop, Trainer
 
     few = [o for o in QUIET if not o.startswith(("max_steps=", "eval_every="))]
-    cfg, resolved = compose([*few, "optimizer.ema=0.7", "max_steps=8", "eval_every=4", "checkpoint_every=4"])
+    cfg, resolved = compose([*few, f"model={model}", "optimizer.ema=0.7", "max_steps=8", "eval_every=4",
+                             "checkpoint_every=4"])
     whole = RunFolder(tmp_path / "whole")
     train(cfg, whole, resolved)
 

@@ -53,4 +53,5 @@ def place(vae: VAE, device: torch.device) -> VAE:
     return vae
 
 
-__all__ = ["VAE", "build_vae", "place", "MODELS", "MLPEncoder", "ConvEncoder", "MLPDecoder", "ConvDecoder", "PixelCNNDecoder"]
+__all__ = ["VAE", "build_vae", "place", "MODELS", "MLPEncoder", "ConvEncoder", "MLPDecoder", "ConvDecoder",
+           "PixelCNNDecoder"]
