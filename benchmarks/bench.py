@@ -332,7 +332,7 @@ def models(root: str, repeats: int, quick: bool) -> dict:
         nchw = copy.deepcopy(p.model).to(memory_format=torch.contiguous_format) if name == "conv" else None
         nchw_opt = build_optimizer(nchw.parameters(), "adam", lr=1e-3) if nchw is not None else None
         rates, full = [], []
-        for _ in range(repeats):
+        for _ in range(repeats if nchw is None else max(repeats, 7)):  # conv steps are short: more pairs
             rates.append(rate())
             if name == "autoregressive":  # side by side: every masked conv with its whole masked kernel
                 with full_masked_kernels():

@@ -44,7 +44,7 @@ def build_vae(name: str, data_shape: tuple[int, int, int], likelihood: Likelihoo
 def place(vae: VAE, device: torch.device) -> VAE:
     """``vae`` on ``device``, in the memory layout that trains fastest there: on a CPU the conv
     model's 4-D weights channels-last (NHWC), so every convolution runs oneDNN's NHWC kernels
-    (1.1-1.2x per training step for the MNIST conv model on 2 cores, ``make bench``; the
+    (1.08-1.17x per training step for the MNIST conv model on 2 cores, ``make bench``; the
     single-channel first and last layers gain most). Values are unchanged; the other models gain
     nothing (the PixelCNN loses), so they stay as built."""
     vae = vae.to(device)
