@@ -78,23 +78,37 @@ def variants() -> None:
               f"{' '.join(extra)}: {s.get('examples_per_sec') or 0:.0f} ex/s, elbo {s['final_val']['elbo']:.2f}")
 
 
+# two short runs on one seed, compared record by record: a linear β warm-up, free bits, dynamic
+# binarization and a smaller last batch (1,000 training images, batch 96)
+SAME_SEED = ["dataset.num_examples=1100", "dataset.val_size=100", "batch_size=96", "max_steps=60", "log_every=1",
+             "eval_every=30", "sample_every=1000", "checkpoint_every=1000", f"device={DEVICE}", "tensorboard=false",
+             "dataset.binarize=dynamic", "schedule=linear", "schedule.warmup_steps=20", "free_bits=0.05",
+             "progress=log", "pictures.latents=false", "pictures.traverse=false"]
+
+
+def same_seed_runs(*settings: tuple[str, list[str]]) -> list[list[dict]]:
+    """SAME_SEED trained once per (name, overrides); each run's train and val records."""
+    out = []
+    for name, extra in settings:
+        res = run("train", *SAME_SEED, *extra, f"out_dir={OUT}/{name}")
+        if res.returncode:
+            print(res.stdout[-2000:], res.stderr[-2000:])
+        folder, s = summary_of(OUT / name)
+        check(res.returncode == 0 and s["status"] == "completed", f"{name} run: {s.get('status')}")
+        out.append(records(folder))
+    return out
+
+
+def relative_differences(a: list[dict], b: list[dict], train_only: bool) -> list[float]:
+    return [abs(x[k] - y[k]) / max(abs(x[k]), 1e-3) for x, y in zip(a, b) for k in ("loss", "recon", "kl")
+            if k in x and (x["split"] == "train" or not train_only)]
+
+
 def graphs_follow_eager() -> None:
     """compile_mode=reduce_overhead (the compiled step replayed as CUDA graphs) trains the same
     trajectory as eager float32 on the same seed, to rounding, across a smaller last batch."""
-    common = ["dataset.num_examples=1100", "dataset.val_size=100", "batch_size=96", "max_steps=60", "log_every=1",
-              "eval_every=30", "sample_every=1000", "checkpoint_every=1000", f"device={DEVICE}", "tensorboard=false",
-              "dataset.binarize=dynamic", "schedule=linear", "schedule.warmup_steps=20", "free_bits=0.05",
-              "progress=log", "pictures.latents=false", "pictures.traverse=false"]
-    dirs = {}
-    for name, extra in (("eager", []), ("graphs", ["compile=true", "compile_mode=reduce_overhead"])):
-        out = run("train", *common, *extra, f"out_dir={OUT}/{name}")
-        if out.returncode:
-            print(out.stdout[-2000:], out.stderr[-2000:])
-        dirs[name], s = summary_of(OUT / name)
-        check(out.returncode == 0 and s["status"] == "completed", f"{name} run: {s.get('status')}")
-    a, b = records(dirs["eager"]), records(dirs["graphs"])
-    rel = [abs(x[k] - y[k]) / max(abs(x[k]), 1e-3) for x, y in zip(a, b) for k in ("loss", "recon", "kl")
-           if k in x and x["split"] == "train"]
+    a, b = same_seed_runs(("eager", []), ("graphs", ["compile=true", "compile_mode=reduce_overhead"]))
+    rel = relative_differences(a, b, train_only=True)
     first = rel[:3 * 20]
     print(f"graphs vs eager: {len(b)} vs {len(a)} records; largest relative difference over the first 20 steps "
           f"{max(first):.2e}, over all {len(rel) // 3} steps {max(rel):.2e}")
@@ -132,19 +146,8 @@ def resume_after_sigint() -> None:
 def fused_follows_autograd() -> None:
     """The MLP's written-out training pass (fused_mlp=true, the default) trains the same trajectory
     as the autograd step on CUDA, same seed (tests/test_reference.py checks both on the CPU)."""
-    common = ["dataset.num_examples=1100", "dataset.val_size=100", "batch_size=96", "max_steps=60", "log_every=1",
-              "eval_every=30", "sample_every=1000", "checkpoint_every=1000", f"device={DEVICE}", "tensorboard=false",
-              "dataset.binarize=dynamic", "schedule=linear", "schedule.warmup_steps=20", "free_bits=0.05",
-              "progress=log", "pictures.latents=false", "pictures.traverse=false"]
-    dirs = {}
-    for name, extra in (("fused", []), ("autograd", ["fused_mlp=false"])):
-        out = run("train", *common, *extra, f"out_dir={OUT}/{name}")
-        if out.returncode:
-            print(out.stdout[-2000:], out.stderr[-2000:])
-        dirs[name], s = summary_of(OUT / name)
-        check(out.returncode == 0 and s["status"] == "completed", f"{name} MLP run: {s.get('status')}")
-    a, b = records(dirs["autograd"]), records(dirs["fused"])
-    rel = [abs(x[k] - y[k]) / max(abs(x[k]), 1e-3) for x, y in zip(a, b) for k in ("loss", "recon", "kl") if k in x]
+    a, b = same_seed_runs(("autograd", ["fused_mlp=false"]), ("fused", []))
+    rel = relative_differences(a, b, train_only=False)
     print(f"written-out pass vs autograd: {len(b)} vs {len(a)} records, largest relative difference {max(rel):.2e}")
     check(len(a) == len(b) and max(rel) < 1e-3, f"fused_mlp=true follows the autograd trajectory on {DEVICE}")
 
