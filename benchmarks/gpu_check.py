@@ -1,5 +1,6 @@
-"""One-shot GPU check (CI has no GPU), in sections (--only): graphs (CUDA graphs against eager on
-one seed), fused (the MLP's written-out pass against autograd on one seed), pixelcnn (the
+"""One-shot GPU check (CI has no GPU): vaerun's CUDA paths against their references, with timings.
+
+Sections (--only): graphs (CUDA graphs against eager on one seed), fused (the MLP's written-out pass against autograd on one seed), pixelcnn (the
 autoregressive decoder's band convolutions, cone and evaluation pieces against their references,
 with timings), layout (conv weights NCHW against channels-last, timings), default (the default
 experiment, then eval and diagnose on its run), variants (every model, Gaussian likelihoods),
