@@ -1,10 +1,11 @@
 """One-shot GPU check (CI has no GPU): vaerun's CUDA paths against their references, with timings.
 
-Sections (--only): graphs (CUDA graphs against eager on one seed), fused (the MLP's written-out pass against autograd on one seed), pixelcnn (the
-autoregressive decoder's band convolutions, cone and evaluation pieces against their references,
-with timings), layout (conv weights NCHW against channels-last, timings), default (the default
-experiment, then eval and diagnose on its run), variants (every model, Gaussian likelihoods),
-resume (SIGINT, then resume, against an uninterrupted run).
+Sections (--only): graphs (CUDA graphs against eager on one seed), fused (the MLP's written-out
+pass against autograd on one seed), pixelcnn (the autoregressive decoder's band convolutions, cone
+and evaluation pieces against their references, with timings), layout (conv weights NCHW against
+channels-last, timings), default (the default experiment, then eval and diagnose on its run),
+variants (every model, Gaussian likelihoods), resume (SIGINT, then resume, against an
+uninterrupted run).
 
     python3 benchmarks/gpu_check.py                # prints a report; exit 1 when a check fails
     GPU_CHECK_DEVICE=cpu python3 benchmarks/gpu_check.py --only fused,pixelcnn   # a smoke run on a CPU
