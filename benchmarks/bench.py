@@ -328,23 +328,27 @@ def models(root: str, repeats: int, quick: bool) -> dict:
                 train_step(model, optimizer, xs[i % 4], 1.0, 0.0, 0.0)
             return steps * bs / (time.perf_counter() - t)
         train_step(p.model, p.optimizer, xs[0], 1.0, 0.0, 0.0)
-        # side by side: the conv model with its weights NCHW, as built (vaerun.models.place makes them channels-last)
-        nchw = copy.deepcopy(p.model).to(memory_format=torch.contiguous_format) if name == "conv" else None
-        nchw_opt = build_optimizer(nchw.parameters(), "adam", lr=1e-3) if nchw is not None else None
-        rates, full = [], []
-        for _ in range(repeats if nchw is None else max(repeats, 7)):  # conv steps are short: more pairs
-            rates.append(rate())
-            if name == "autoregressive":  # side by side: every masked conv with its whole masked kernel
+        if name == "conv":  # side by side: its weights NCHW, as built (vaerun.models.place makes them channels-last)
+            nchw = copy.deepcopy(p.model).to(memory_format=torch.contiguous_format)
+            nchw_opt = build_optimizer(nchw.parameters(), "adam", lr=1e-3)
+            ref, pairs = "nchw", max(repeats, 7)  # conv steps are short: more pairs
+
+            def ref_rate() -> float:
+                return rate(nchw, nchw_opt)
+        else:  # side by side: every masked conv with its whole masked kernel
+            ref, pairs = "full_kernel", repeats
+
+            def ref_rate() -> float:
                 with full_masked_kernels():
-                    full.append(rate())
-            if nchw is not None:
-                full.append(rate(nchw, nchw_opt))
+                    return rate()
+        rates, full = [], []
+        for _ in range(pairs):
+            rates.append(rate())
+            full.append(ref_rate())
         res[name] = {"examples_per_sec": median(rates), "runs": rates, "batch_size": bs,
-                     "params": sum(q.numel() for q in p.model.parameters())}
-        if full:
-            ref = "full_kernel" if name == "autoregressive" else "nchw"
-            res[name].update({f"{ref}_examples_per_sec": median(full), f"{ref}_runs": full,
-                              f"speedup_vs_{ref}": median([a / b for a, b in zip(rates, full)])})
+                     "params": sum(q.numel() for q in p.model.parameters()),
+                     f"{ref}_examples_per_sec": median(full), f"{ref}_runs": full,
+                     f"speedup_vs_{ref}": median([a / b for a, b in zip(rates, full)])}
         res[name].update(evaluation_rows(p, repeats, quick))
         if name == "autoregressive":
             n = 8 if quick else 64

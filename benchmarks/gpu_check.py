@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -111,6 +112,34 @@ def relative_differences(a: list[dict], b: list[dict], train_only: bool) -> list
             if k in x and (x["split"] == "train" or not train_only)]
 
 
+def sync() -> None:
+    """Waits for the device, so that a timed stretch ends when its work does."""
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def training_rate(model, optimizer, x, steps: int, bf16: bool = False) -> float:
+    """Examples/s of plain training steps on one batch: the ELBO at β = 1 (under bf16 autocast when
+    ``bf16``), backward, the optimizer step."""
+    import torch
+
+    from vaerun.objectives import elbo_terms
+    from vaerun.optim import optimizer_step, zero_grad
+
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        zero_grad(optimizer)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            terms = elbo_terms(model, x)
+        (terms.recon + terms.kl_per_dim.sum(1)).mean().backward()
+        optimizer_step(optimizer)
+    sync()
+    return steps * x.shape[0] / (time.perf_counter() - t)
+
+
 def graphs_follow_eager() -> None:
     """compile_mode=reduce_overhead (the compiled step replayed as CUDA graphs) trains the same
     trajectory as eager float32 on the same seed, to rounding, across a smaller last batch."""
@@ -165,9 +194,9 @@ def pixelcnn() -> None:
     cone against whole-image passes, generate() through the cone against whole-image sampling,
     evaluation in pieces against whole calls; then float32 timings side by side."""
     import torch
+    from bench import full_masked_kernels
 
     import vaerun.models.vae as vae_module
-    from bench import full_masked_kernels
     from vaerun.likelihoods import build_likelihood
     from vaerun.metrics import iw_log_likelihood
     from vaerun.models import build_vae
@@ -234,29 +263,13 @@ def pixelcnn() -> None:
     gpu = dev.type == "cuda"  # GPU_CHECK_DEVICE=cpu: a smoke run, a few steps and images
     n, steps = (64, 50) if gpu else (2, 2)
     xb = torch.rand(n, 1, 28, 28, device=dev).round()
-
-    def sync() -> None:
-        if gpu:
-            torch.cuda.synchronize()
-
-    def train_rate(steps=steps) -> float:
-        sync()
-        t = time.perf_counter()
-        for _ in range(steps):
-            terms = elbo_terms(vae, xb)
-            loss = (terms.recon + terms.kl_per_dim.sum(1)).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        sync()
-        return steps * n / (time.perf_counter() - t)
-    train_rate(3)
+    training_rate(vae, opt, xb, 3)
     band, full = [], []
     for _ in range(5 if gpu else 1):
-        band.append(train_rate())
+        band.append(training_rate(vae, opt, xb, steps))
         with full_masked_kernels():
-            full.append(train_rate())
-    band_r, full_r = sorted(band)[len(band) // 2], sorted(full)[len(full) // 2]
+            full.append(training_rate(vae, opt, xb, steps))
+    band_r, full_r = statistics.median(band), statistics.median(full)
     print(f"PixelCNN training on {dev}, batch {n}: band convolutions {band_r:,.0f} ex/s, whole masked kernels "
           f"{full_r:,.0f} ex/s ({band_r / full_r:.2f}x)")
     vae.eval()
@@ -268,10 +281,9 @@ def pixelcnn() -> None:
         vae.decoder.generate(zz, vae.likelihood, torch.Generator(dev).manual_seed(1), crop=crop)
         sync()
         times[crop].append(time.perf_counter() - t)
-    cone, whole = (sorted(times[c][1:] or times[c])[len(times[c][1:]) // 2] for c in (True, False))
+    cone, whole = (statistics.median(times[c][1:] or times[c]) for c in (True, False))
     print(f"PixelCNN sampling of {n} images on {dev}: through the cone {cone:.2f} s, whole-image passes "
           f"{whole:.2f} s ({whole / cone:.2f}x; medians of {len(times[True][1:]) or 1})")
-
 
 def layout() -> None:
     """The conv model's training step on CUDA with NCHW weights (what place() leaves on a GPU)
@@ -283,8 +295,7 @@ def layout() -> None:
 
     from vaerun.likelihoods import build_likelihood
     from vaerun.models import build_vae
-    from vaerun.objectives import elbo_terms
-    from vaerun.optim import build_optimizer, optimizer_step, zero_grad
+    from vaerun.optim import build_optimizer
 
     dev = torch.device(DEVICE)
     gpu = dev.type == "cuda"
@@ -295,32 +306,16 @@ def layout() -> None:
     opts = {k: build_optimizer(m.parameters(), "adam", lr=1e-3) for k, m in models.items()}
     xb = torch.rand(128, 1, 28, 28, device=dev).round()
     steps = 100 if gpu else 2
-
-    def rate(name: str, dtype) -> float:
-        m, o = models[name], opts[name]
-        if gpu:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(steps):
-            zero_grad(o)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-                terms = elbo_terms(m, xb)
-            (terms.recon + terms.kl_per_dim.sum(1)).mean().backward()
-            optimizer_step(o)
-        if gpu:
-            torch.cuda.synchronize()
-        return steps * 128 / (time.perf_counter() - t)
     for dtype in ("fp32", "bf16"):
-        for name in models:
-            rate(name, dtype)
+        for name, m in models.items():
+            training_rate(m, opts[name], xb, steps, bf16=dtype == "bf16")
         runs = {name: [] for name in models}
         for _ in range(5 if gpu else 1):
-            for name in models:
-                runs[name].append(rate(name, dtype))
-        a, b = (sorted(v)[len(v) // 2] for v in runs.values())
+            for name, m in models.items():
+                runs[name].append(training_rate(m, opts[name], xb, steps, bf16=dtype == "bf16"))
+        a, b = (statistics.median(v) for v in runs.values())
         print(f"conv training on {dev}, {dtype}, batch 128: NCHW weights {a:,.0f} ex/s, channels-last {b:,.0f} ex/s "
               f"({b / a:.2f}x; medians of {len(runs['nchw'])})")
-
 
 SECTIONS = {"graphs": graphs_follow_eager, "fused": fused_follows_autograd, "pixelcnn": pixelcnn,
             "layout": layout, "default": default_experiment, "variants": variants, "resume": resume_after_sigint}

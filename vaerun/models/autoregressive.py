@@ -51,11 +51,16 @@ class MaskedConv2d(nn.Conv2d):
         m[:, :, c, c] = centre.float()
         self.register_buffer("mask", m)
 
+    @property
+    def reach(self) -> int:
+        """Rows above an output row that it reads: kernel // 2."""
+        return self.kernel_size[0] // 2
+
     def forward(self, x: torch.Tensor, top: bool = True) -> torch.Tensor:
         """``top``: x starts at the image's first row (zeros above it), so there is an output row
         for every input row; otherwise x is a band from inside the image and the first k // 2
         rows, whose rows above are not in x, have no output (sampling's cone, below)."""
-        c = self.kernel_size[0] // 2
+        c = self.reach
         if c == 0:                                                   # 1x1: the centre tap only
             return F.conv2d(x, self.weight * self.mask, self.bias)
         w = self.weight[:, :, :c + 1] * self.mask[:, :, :c + 1]      # (out, in, c+1, k): centre row and above
@@ -81,7 +86,7 @@ class GatedLayer(nn.Module):
         out = torch.tanh(a) * torch.sigmoid(b)
         if not self.residual:
             return out
-        return (h if top else h[:, :, self.conv.kernel_size[0] // 2:]) + out
+        return (h if top else h[:, :, self.conv.reach:]) + out
 
 
 class PixelCNNDecoder(nn.Module):
@@ -112,7 +117,7 @@ class PixelCNNDecoder(nn.Module):
     @property
     def reach(self) -> int:
         """Rows above a pixel that its prediction can see: kernel // 2 per masked layer."""
-        return sum(layer.conv.kernel_size[0] // 2 for layer in self.layers)
+        return sum(layer.conv.reach for layer in self.layers)
 
     def condition(self, z: torch.Tensor) -> torch.Tensor:
         """The z conditioning map (B, cond, H, W), or (B, cond, 1, 1) for global conditioning."""
@@ -137,7 +142,7 @@ class PixelCNNDecoder(nn.Module):
         last layer and the head. Masked convolutions never look down, so x below row i is never
         read. At kernel 5, 8 layers: 64 rows of layer work instead of 136 for the band of 17 rows
         (and 224 for a whole 28-row image)."""
-        cs = [layer.conv.kernel_size[0] // 2 for layer in self.layers]
+        cs = [layer.conv.reach for layer in self.layers]
         lo = max(0, i - self.reach)                                          # the rows layer 1 reads
         out = 2 * x[:, :, lo:i + 1] - 1
         for n, layer in enumerate(self.layers):
