@@ -594,7 +594,9 @@ def write_page(r: dict, path: Path) -> None:
         o = r["overhead"]
         st, dy = o["static"], o["dynamic"]
         lines += ["**Overhead.** vaerun's full step (`Trainer._step`: batch gather from the uint8 tensor, scaling, "
-                  "the β schedule, the free-bits penalty, the gradient-norm finiteness guard, metric accumulation "
+                  "the β schedule, the free-bits penalty, the finiteness guard (for the written-out pass a bound on "
+                  "every gradient from the norms of its (batch, width) factors; the global gradient norm on "
+                  "logging steps), metric accumulation "
                   f"on the device, a metrics.jsonl record every {o['log_every']} steps) against a bare step "
                   "(the same written-out forward and backward and the same fused Adam kernel call, nothing else) on "
                   f"one pre-made batch tensor, same model; {o['steps']} steps per repeat, the two sides alternating every 10 steps so that both see "

@@ -1,6 +1,8 @@
 """The MLP VAE's written-out training pass gives autograd's loss, terms and gradients."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -114,3 +116,69 @@ def test_build_uses_the_pass_for_mlp_models_unless_switched_off(overrides, used)
 
     cfg, _ = compose([*TINY, *overrides])
     assert (build(cfg).fused is not None) is used
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "elu"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_gradient_bound_bounds_every_gradient(activation, likelihood):
+    """The finiteness guard trusts gradient_bound(): no gradient entry may exceed it."""
+    vae = _vae(activation, likelihood, hidden=(32, 16), shape=(2, 4, 4))
+    pass_ = fused_pass(vae)
+    for scale in (1.0, 4.0, 0.1):  # ordinary, large and small weights
+        with torch.no_grad():
+            for p in vae.parameters():
+                p.mul_(scale)
+        pass_(_data(likelihood, (2, 4, 4), b=9), 1.0, 0.0)
+        bound = float(pass_.gradient_bound())
+        largest = max(float(p.grad.abs().max()) for p in vae.parameters())
+        assert math.isfinite(bound) and largest <= bound
+
+
+def _tanh_step(need_norm: bool, w_out: float):
+    """One train_step of a tanh MLP whose decoder output layer has weights w_out and whose
+    hidden decoder layer outputs 0 (zero weights and biases): the loss stays log 2 per pixel,
+    but the signal back through the output layer, 0.5/B * 30 pixels * w_out, overflows float32
+    for w_out = 1e38 and the hidden layer's gradients become inf or NaN."""
+    from vaerun.optim import build_optimizer
+    from vaerun.train import train_step
+
+    vae = _vae("tanh", hidden=(8,), shape=(1, 6, 5))
+    last, hidden = vae.decoder.net[-1], vae.decoder.net[0]
+    with torch.no_grad():
+        hidden.weight.zero_(), hidden.bias.zero_(), last.bias.zero_(), last.weight.fill_(w_out)
+    opt = build_optimizer(vae.parameters(), "adam", lr=1e-3)
+    before = [p.detach().clone() for p in vae.parameters()]
+    torch.manual_seed(3)
+    pass_ = fused_pass(vae)
+    loss, _, norm, ok = train_step(vae, opt, torch.ones(2, 1, 6, 5), 1.0, 0.0, 0.0, fused=pass_, need_norm=need_norm)
+    moved = any(not torch.equal(a, p) for a, p in zip(before, vae.parameters()))
+    return float(loss), norm, ok, moved, float(pass_.gradient_bound()), vae
+
+
+def test_the_guard_uses_the_bound_only_where_it_proves_the_gradients_finite():
+    # ordinary weights: the bound proves them finite, no norm is computed, the same step is taken
+    loss, norm, ok, moved, bound, vae = _tanh_step(False, 0.1)
+    _, norm_ref, ok_ref, _, _, vae_ref = _tanh_step(True, 0.1)
+    assert ok and moved and norm is None and bound <= 1e15
+    assert max(float(p.grad.abs().max()) for p in vae.parameters()) <= bound  # the output bias: h = 0 there
+    assert ok_ref and float(norm_ref) > 0
+    for p, q in zip(vae.parameters(), vae_ref.parameters()):
+        assert torch.equal(p, q)
+    # the backward overflows with a finite loss: the bound is not finite, the norm decides, no step
+    loss, norm, ok, moved, bound, _ = _tanh_step(False, 1e38)
+    assert math.isfinite(loss) and not math.isfinite(bound)
+    assert not ok and not moved and norm is not None and not math.isfinite(float(norm))
+
+
+def test_gradient_bound_covers_a_bias_whose_layer_input_is_zero():
+    """Only the decoder's output bias gets a gradient (every weight and the encoder's head are
+    zero): its g^T h bound is 0, the bias's √n‖g‖ is not."""
+    vae = _vae("tanh", hidden=(8,), shape=(1, 6, 5))
+    with torch.no_grad():
+        for p in [*vae.decoder.parameters(), *vae.encoder.head.parameters()]:
+            p.zero_()
+    pass_ = fused_pass(vae)
+    pass_(torch.ones(4, 1, 6, 5), 1.0, 0.0)
+    nonzero = [name for name, p in vae.named_parameters() if p.grad.abs().max() > 0]
+    assert nonzero == ["decoder.net.2.bias"]
+    assert float(vae.decoder.net[2].bias.grad.abs().max()) <= float(pass_.gradient_bound())

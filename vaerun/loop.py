@@ -250,10 +250,11 @@ class Trainer:
         beta = p.schedule(self.state.step)
         if self.state.aggressive:
             self._aggressive_inner(beta)
+        logs = (self.state.step + 1) % cfg.log_every == 0 or self.state.step + 1 == p.total_steps
         loss, terms, gnorm, ok = train_step(p.model, p.optimizer, x, beta, cfg.free_bits, cfg.optimizer.grad_clip,
                                             p.capacity_at(self.state.step),
                                             update="decoder" if self.state.aggressive else "all", forward=p.forward,
-                                            fused=p.fused)
+                                            fused=p.fused, need_norm=logs)
         if not ok:
             return self._non_finite(loss, terms, gnorm)
         self.consecutive_skips = 0

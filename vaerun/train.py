@@ -192,6 +192,9 @@ def seeded_rng(seed: int, device: torch.device):
         yield
 
 
+BOUND_LIMIT = 1e15  # gradient entries at most this: a finite float32 norm too, for under 3e8 parameters
+
+
 def total_grad_norm(params) -> torch.Tensor:
     """The global L2 norm of the gradients, as a 0-d tensor (no host sync)."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -202,7 +205,8 @@ def total_grad_norm(params) -> torch.Tensor:
 
 def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, beta: float, free_bits: float,
                grad_clip: float, capacity: Optional[tuple[float, float]] = None, update: str = "all",
-               forward: Optional[Callable[[torch.Tensor], Terms]] = None, fused: Optional[Callable] = None):
+               forward: Optional[Callable[[torch.Tensor], Terms]] = None, fused: Optional[Callable] = None,
+               need_norm: bool = True):
     """One optimizer step on batch x. Returns (loss, terms, grad_norm, ok): the global gradient
     norm before clipping, and whether loss and gradients were finite. A non-finite step is never
     taken (the one host sync per step buys that guarantee). ``update``: ``all``, ``encoder``
@@ -210,7 +214,12 @@ def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, be
     others' gradients are dropped, so the optimizer skips them (aggressive training).
     ``forward``: x -> Terms for this model (:func:`make_forward`); plain float32 eager by default.
     ``fused``: the model's written-out pass (:func:`vaerun.models.fused.fused_pass`), which
-    computes the loss and writes the gradients itself; used instead of ``forward`` and autograd."""
+    computes the loss and writes the gradients itself; used instead of ``forward`` and autograd.
+    ``need_norm=False``: the caller does not use this step's gradient norm (the loop logs it
+    every ``log_every`` steps); where the written-out pass bounds its gradients
+    (``gradient_bound``), without clipping or a partial update, a bound at most
+    :data:`BOUND_LIMIT` then proves them finite without reading them and ``grad_norm`` is None
+    (the decision the norm would give); any other bound falls back to the norm."""
     zero_grad(optimizer)
     if fused is not None:
         loss, terms = fused(x, beta, free_bits, capacity)
@@ -218,12 +227,18 @@ def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, be
         terms = forward(x) if forward is not None else elbo_terms(model, x)
         loss = training_loss(terms, beta, free_bits, capacity)
         loss.backward()
-    params = [q for group in optimizer.param_groups for q in group["params"]]  # what the step moves
-    if grad_clip > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    else:  # the norm only (for the log and the finiteness guard), without clipping's extra pass
-        grad_norm = total_grad_norm(params)
-    ok = math.isfinite(float(loss.detach() + grad_norm))  # the host sync; half the time of bool(torch.isfinite(...))
+    bound = getattr(fused, "gradient_bound", None) if not need_norm and grad_clip <= 0 and update == "all" else None
+    grad_norm, ok = None, False
+    if bound is not None:  # the host sync; a bound that is too large or not finite falls back to the norm
+        lv, bv = torch.stack([loss.detach(), bound()]).tolist()
+        ok = math.isfinite(lv) and bv <= BOUND_LIMIT
+    if not ok:
+        params = [q for group in optimizer.param_groups for q in group["params"]]  # what the step moves
+        if grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        else:  # the norm only (for the log and the finiteness guard), without clipping's extra pass
+            grad_norm = total_grad_norm(params)
+        ok = math.isfinite(float(loss.detach() + grad_norm))  # half the time of bool(torch.isfinite(...))
     if ok:
         if update != "all":
             frozen = (model.encoder.parameters() if update == "decoder" else

@@ -15,6 +15,7 @@ returns None for anything else and training uses autograd.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -76,11 +77,13 @@ class Stack:
             h = post
         return h, saved
 
-    def backward(self, saved: list, g: torch.Tensor, need_input: bool) -> Optional[torch.Tensor]:
+    def backward(self, saved: list, g: torch.Tensor, need_input: bool, factors: list) -> Optional[torch.Tensor]:
+        """``factors`` gets each layer's (g, h): its weight gradient is g^T h, its bias gradient g summed."""
         for i in range(len(self.layers) - 1, -1, -1):
             (lin, act), (h, pre, post) = self.layers[i], saved[i]
             if act is not None:
                 g = _act_backward(act, g, pre, post)
+            factors.append((g, h))
             lin.weight.grad = g.t().mm(h)                   # (out, in)
             if lin.bias is not None:
                 lin.bias.grad = g.sum(0)                    # (out,)
@@ -92,7 +95,15 @@ class Stack:
 def fused_pass(model: VAE) -> Optional[Callable]:
     """``pass_(x, beta, free_bits, capacity) -> (loss, terms)`` that also writes every
     parameter's ``.grad`` (the gradient of ``loss``, as ``loss.backward()`` would after
-    zero_grad), or None where the model is not an MLP VAE this pass covers."""
+    zero_grad), or None where the model is not an MLP VAE this pass covers.
+
+    ``pass_.gradient_bound()`` then bounds every gradient of that call without reading them:
+    a 0-d tensor B with |every entry| ≤ B, and |every partial sum formed on the way| ≤ B. Each
+    layer's weight gradient is g^T h over the batch, so by Cauchy-Schwarz
+    |Σ_b g_bo h_bi| ≤ ‖g‖‖h‖; its bias gradient |Σ_b g_bo| ≤ √n‖g‖ (n examples). The norms
+    of these (B, width) factors cost a fraction of a pass over the gradients (the MLP's are
+    2.6 MB), and any NaN or inf in a factor makes the bound NaN or inf. The training step's
+    finiteness guard uses it (:func:`vaerun.train.train_step`)."""
     enc, dec = model.encoder, model.decoder
     if (type(enc) is not MLPEncoder or type(dec) is not MLPDecoder or any(True for _ in model.likelihood.parameters())
             or not enc.body or not isinstance(enc.body[0], nn.Flatten)):
@@ -116,10 +127,23 @@ def fused_pass(model: VAE) -> Optional[Callable]:
             log_p, g_params = model.likelihood.log_prob_grad(params, x)
             terms = Terms(-log_p, gaussian_kl(mu, logvar), mu, logvar)
             loss = training_loss(terms, beta, free_bits, capacity)
-            g_z = net.backward(dec_saved, g_params.view(b, -1).neg_().div_(b), need_input=True)  # d loss / d z
+            factors: list = []
+            g_z = net.backward(dec_saved, g_params.view(b, -1).neg_().div_(b), need_input=True,
+                               factors=factors)                                                # d loss / d z
             w = kl_weights(terms.kl_per_dim, beta, free_bits, capacity)                      # d loss / d KL_bd
             g_kl_mu, g_kl_logvar = gaussian_kl_grad(mu, logvar)
             g_out = torch.cat([g_z + w * g_kl_mu, g_z * eps * 0.5 * std + w * g_kl_logvar], dim=1)  # (B, 2D)
-            body.backward(enc_saved, g_out, need_input=False)
+            body.backward(enc_saved, g_out, need_input=False, factors=factors)
+            last[:] = factors
         return loss, terms
+
+    last: list = []  # the last call's (g, h) factors
+
+    def gradient_bound() -> torch.Tensor:
+        with torch.no_grad():
+            g_norms = torch.stack(torch._foreach_norm([g for g, _ in last]))
+            h_norms = torch.stack(torch._foreach_norm([h for _, h in last]))
+            return (g_norms * h_norms.clamp_min(math.sqrt(last[0][0].shape[0]))).amax()
+
+    pass_.gradient_bound = gradient_bound
     return pass_
