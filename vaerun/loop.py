@@ -250,7 +250,7 @@ class Trainer:
         beta = p.schedule(self.state.step)
         if self.state.aggressive:
             self._aggressive_inner(beta)
-        logs = (self.state.step + 1) % cfg.log_every == 0 or self.state.step + 1 == p.total_steps
+        logs = (self.state.step + 1) % cfg.log_every == 0 or self.state.step + 1 == p.total_steps  # this step logs
         loss, terms, gnorm, ok = train_step(p.model, p.optimizer, x, beta, cfg.free_bits, cfg.optimizer.grad_clip,
                                             p.capacity_at(self.state.step),
                                             update="decoder" if self.state.aggressive else "all", forward=p.forward,
@@ -267,7 +267,7 @@ class Trainer:
             p.lr_scheduler.step()
         step, last = self.state.step, self.state.step == p.total_steps
         self.reporter.advance(step)
-        if step % cfg.log_every == 0 or last:
+        if logs:
             self._log_train(beta, gnorm)
         if step % cfg.eval_every == 0 or last:
             self._evaluate(beta)

@@ -114,6 +114,8 @@ def fused_pass(model: VAE) -> Optional[Callable]:
     except TypeError:
         return None
 
+    last: list = []  # the last call's (g, h) factors, for gradient_bound
+
     def pass_(x: torch.Tensor, beta: float, free_bits: float, capacity: Optional[tuple[float, float]] = None):
         with torch.no_grad():
             b = x.shape[0]
@@ -127,17 +129,14 @@ def fused_pass(model: VAE) -> Optional[Callable]:
             log_p, g_params = model.likelihood.log_prob_grad(params, x)
             terms = Terms(-log_p, gaussian_kl(mu, logvar), mu, logvar)
             loss = training_loss(terms, beta, free_bits, capacity)
-            factors: list = []
+            last.clear()
             g_z = net.backward(dec_saved, g_params.view(b, -1).neg_().div_(b), need_input=True,
-                               factors=factors)                                                # d loss / d z
+                               factors=last)                                                   # d loss / d z
             w = kl_weights(terms.kl_per_dim, beta, free_bits, capacity)                      # d loss / d KL_bd
             g_kl_mu, g_kl_logvar = gaussian_kl_grad(mu, logvar)
             g_out = torch.cat([g_z + w * g_kl_mu, g_z * eps * 0.5 * std + w * g_kl_logvar], dim=1)  # (B, 2D)
-            body.backward(enc_saved, g_out, need_input=False, factors=factors)
-            last[:] = factors
+            body.backward(enc_saved, g_out, need_input=False, factors=last)
         return loss, terms
-
-    last: list = []  # the last call's (g, h) factors
 
     def gradient_bound() -> torch.Tensor:
         with torch.no_grad():
