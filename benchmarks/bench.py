@@ -8,6 +8,9 @@ medians and their ratio. Sections:
   conventional  examples/s over full MNIST epochs: vaerun's training path vs the conventional
                 loop of pytorch/examples vae/main.py (torchvision MNIST + ToTensor + DataLoader),
                 same model (784-400-20, Bernoulli) and optimizer (Adam 1e-3), batch 128
+  denormals     vaerun's training path with denormal floats flushed (flush_denormals=true, the
+                default) vs kept, in two processes (the mode reaches torch's worker threads only
+                from a process's start), alternating epochs
   overhead      vaerun's full step (batch gather, binarization, schedule, free bits, finiteness
                 guard, metric accumulation, logging at its default interval) vs a bare step on a
                 pre-made batch tensor, same model and optimizer
@@ -38,7 +41,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("conventional", "overhead", "ceiling", "models", "iw", "end_to_end")
+SECTIONS = ("conventional", "denormals", "overhead", "ceiling", "models", "iw", "end_to_end")
 
 
 # ---------------------------------------------------------------- helpers
@@ -223,6 +226,65 @@ def conventional(root: str, repeats: int, epochs_each: int) -> dict:
             "ratio_dynamic": med["vaerun_dynamic"] / med["conventional"],
             "ratio_autograd": med["vaerun_autograd"] / med["conventional"], "warmup_epoch_s": warmup, "target": 5.0,
             "vaerun_epoch_examples": len(loops["vaerun"].parts.data.train), "conventional_epoch_examples": 60000}
+
+
+def denormal_moments(optimizer) -> int:
+    """Adam moments that hold a denormal float now (read as bits: a flushing thread compares one as 0)."""
+    n = 0
+    for state in optimizer.state.values():
+        for key in ("exp_avg", "exp_avg_sq"):
+            bits = state[key].view(torch.int32) & 0x7FFFFFFF
+            n += int(((bits > 0) & (bits < 0x00800000)).sum())
+    return n
+
+
+def denormal_worker(root: str, on: bool) -> int:
+    """One side of the denormals section, in its own process: an epoch of vaerun's training path
+    for every line on stdin, a JSON line back."""
+    from vaerun.train import flush_denormals
+
+    state = flush_denormals(on)  # before any parallel operation: every thread of the pool inherits it
+    loop = VaerunLoop(root, ["dataset.binarize=none", f"flush_denormals={str(on).lower()}"])
+    print(json.dumps({"state": state}), flush=True)
+    for _ in sys.stdin:
+        n, s = loop.epoch()
+        print(json.dumps({"examples": n, "seconds": s, "denormal_moments": denormal_moments(loop.parts.optimizer),
+                          "moments": 2 * sum(p.numel() for p in loop.parts.model.parameters())}), flush=True)
+    return 0
+
+
+def denormals(root: str, repeats: int) -> dict:
+    """vaerun's training path (the conventional section's model, grey levels) with flush_denormals
+    on and off, one process each, alternating epochs after one warm-up epoch each (the moments of
+    dead units reach the denormal range during the first epoch)."""
+    procs = {on: subprocess.Popen([sys.executable, __file__, "--data", root, "--denormal-worker", str(int(on))],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for on in (True, False)}
+
+    def epoch(on: bool) -> dict:
+        procs[on].stdin.write("epoch\n")
+        procs[on].stdin.flush()
+        return json.loads(procs[on].stdout.readline())
+
+    try:
+        states = {on: json.loads(p.stdout.readline())["state"] for on, p in procs.items()}
+        for on in procs:
+            epoch(on)
+        runs = {on: [] for on in procs}
+        for _ in range(repeats):
+            for on in procs:
+                runs[on].append(epoch(on))
+    finally:
+        for p in procs.values():
+            p.stdin.close()
+            p.wait()
+    rate = {on: [r["examples"] / r["seconds"] for r in rs] for on, rs in runs.items()}
+    paired = median([a / b for a, b in zip(rate[True], rate[False])])
+    return {"examples_per_sec": {"flushed": rate[True], "kept": rate[False]},
+            "median": {"flushed": median(rate[True]), "kept": median(rate[False])}, "ratio": paired,
+            "denormal_moments": {"flushed": [r["denormal_moments"] for r in runs[True]],
+                                 "kept": [r["denormal_moments"] for r in runs[False]]},
+            "moments": runs[True][0]["moments"], "modes": {"flushed": states[True], "kept": states[False]}}
 
 
 def overhead(root: str, repeats: int, steps: int) -> dict:
@@ -471,6 +533,10 @@ def table_rows(r: dict) -> list[tuple[str, str, str, str]]:
             if f"ratio_{key}" in c:
                 rows.append((label, f"{c['median'][f'vaerun_{key}']:,.0f} vs {c['median']['conventional']:,.0f}",
                              f"{c[f'ratio_{key}']:.1f}x", ""))
+    if "denormals" in r:
+        d = r["denormals"]
+        rows.append(("vaerun, denormals flushed vs kept (ex/s)",
+                     f"{d['median']['flushed']:,.0f} vs {d['median']['kept']:,.0f}", f"{d['ratio']:.2f}x", ""))
     if "overhead" in r:
         o = r["overhead"]
         for kind, label in (("static", "full step vs bare step (ms/step, batch 128)"),
@@ -533,10 +599,12 @@ def write_page(r: dict, path: Path) -> None:
     m = r["machine"]
     lines = ["# Performance", "",
              "Generated by `make bench` (`python benchmarks/bench.py`) from `benchmarks/results.json`; "
-             "do not edit by hand. Every comparison runs both sides in one process, alternating, "
-             "and reports medians.", "",
+             "do not edit by hand. Every comparison runs both sides alternating, in one process (the "
+             "denormals section: one process per side), and reports medians.", "",
              f"Machine: {m['cpu']}, {m['cores']} cores visible, torch {m['torch']} "
-             f"({m['torch_threads']} threads), Python {m['python']}, {m['platform']}; measured {r['started']} "
+             f"({m['torch_threads']} threads), Python {m['python']}, {m['platform']}"
+             + (f"; denormal floats flushed on {m['denormals']} (vaerun's default, for both contenders)"
+                if m.get("denormals") in ("all threads", "this thread only") else "") + f"; measured {r['started']} "
              f"in {r['seconds'] / 60:.1f} min" + (" (sections rerun alone: " + ", ".join(
                  f"{k} at {v}" for k, v in r["updated_sections"].items()) + ")" if r.get("updated_sections") else "")
              + ".", "",
@@ -583,6 +651,23 @@ def write_page(r: dict, path: Path) -> None:
                       f"takes {1e3 * r['overhead']['static']['median']['bare']:.2f} ms: the rest is the Adam update "
                       "(every parameter and both moment buffers, each step), the likelihood's exp/log over every "
                       "pixel, and the loop's bookkeeping.", ""]
+    if "denormals" in r:
+        d = r["denormals"]
+        lines += ["**Denormals.** x86 cores compute on denormal floats (magnitude below 1.2e-38) about 100x slower "
+                  "than on normal ones, and Adam's first moment of a weight whose gradient is exactly 0 (the "
+                  "weights of a dead ReLU unit) decays by β1 = 0.9 per step through that range. vaerun flushes "
+                  "them to zero on every CPU thread (`flush_denormals=true`, set before the process's first "
+                  "parallel operation; worker threads inherit it). vaerun's training path of the conventional "
+                  "section, in two processes, flushed and kept, alternating epochs after a warm-up epoch each: "
+                  + ", ".join(f"{a:,.0f} vs {b:,.0f}" for a, b in zip(d["examples_per_sec"]["flushed"],
+                                                                     d["examples_per_sec"]["kept"]))
+                  + f" examples/s, {d['ratio']:.2f}x (median of paired epochs). Adam moments holding a denormal "
+                  "after each epoch, of " + f"{d['moments']:,}: kept "
+                  + ", ".join(f"{v:,}" for v in d["denormal_moments"]["kept"]) + "; flushed "
+                  + ", ".join(f"{v:,}" for v in d["denormal_moments"]["flushed"]) + ". Every other section of "
+                  "this page runs flushed, the conventional loop included (it gains from it too, so the ratio "
+                  "above is not flattered by it).", ""]
+    if "conventional" in r:
         lines += ["**Compiled.** `compile=true` (torch.compile, Inductor) replaces the written-out pass with a "
                   "compiled autograd pass; on this CPU it does not pay for the MLP (the step is mostly the same "
                   "BLAS matrix products either way; see the overhead rows). On an H200 its default mode does not "
@@ -689,7 +774,15 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results.json"))
     ap.add_argument("--docs", default=str(REPO / "docs" / "performance.md"), help="the page to write ('' = none)")
     ap.add_argument("--page-only", action="store_true", help="rewrite the docs page from --out, measure nothing")
+    ap.add_argument("--denormal-worker", type=int, choices=(0, 1), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.denormal_worker is not None:
+        return denormal_worker(a.data, bool(a.denormal_worker))
+    from vaerun.train import flush_denormals
+
+    # vaerun's default, set before any parallel operation so that every thread of the pool flushes: the
+    # conventional loop in this process gets it too (it helps it: the ratio is not flattered by it)
+    denormal_mode = flush_denormals(True)
     if a.page_only:
         write_page(json.loads(Path(a.out).read_text()), Path(a.docs))
         print(f"wrote {a.docs}")
@@ -703,7 +796,7 @@ def main() -> int:
         print(f"bench: unknown section(s) {bad}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
     reps = 2 if a.quick else 3
-    results: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "quick": a.quick}
+    results: dict = {"machine": {**machine(), "denormals": denormal_mode}, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "quick": a.quick}
     previous = None
     if a.only and Path(a.out).exists():  # a partial rerun updates those sections of the last full run
         previous = json.loads(Path(a.out).read_text())
@@ -712,6 +805,7 @@ def main() -> int:
                                         **{k: results["started"] for k in only}}}
     t0 = time.time()
     runs = {"conventional": lambda: conventional(a.data, reps, 1),
+            "denormals": lambda: denormals(a.data, reps),
             "overhead": lambda: overhead(a.data, 3 if a.quick else 5, 100 if a.quick else 300),
             "ceiling": lambda: ceiling(a.data, reps if a.quick else 5),
             "models": lambda: models(a.data, reps, a.quick),

@@ -27,11 +27,15 @@ VAL_KEYS = {"step", "epoch", "split", "loss", "recon", "kl", "elbo", "beta", "kl
 
 
 def pytest_configure(config):
-    """Each pytest-xdist worker gets its share of the cores (torch threads, and OMP_NUM_THREADS for
-    the CLI runs it starts), unless OMP_NUM_THREADS is set. Two workers with torch's default of one
+    """Denormal floats flushed on every thread, as in a `vaerun train` process. Each pytest-xdist
+    worker gets its share of the cores (torch threads, and OMP_NUM_THREADS for the CLI runs it
+    starts), unless OMP_NUM_THREADS is set. Two workers with torch's default of one
     thread per core oversubscribe two cores: OpenMP threads spin waiting for each other, and tests
     made of many small operations (autoregressive sampling) ran 20x slower (323 s vs 15 s for the
     autoregressive model contracts)."""
+    from vaerun.train import flush_denormals
+
+    flush_denormals(True)  # before any parallel operation, as a `vaerun train` process does (tests/test_denormals.py)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, (os.cpu_count() or 1) // workers)

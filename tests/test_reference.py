@@ -52,15 +52,20 @@ def reference_losses(cfg, steps: int, warmup: int) -> list[dict]:
     return out
 
 
-@pytest.mark.parametrize("model,options,rel", [
-    ("mlp", [], 2e-5), ("mlp", ["fused_mlp=false"], 2e-5), ("conv", [], 2e-5),  # written-out pass / autograd
-    pytest.param("mlp", ["compile=true"], 2e-5,  # Inductor with eager RNG: rounding differences only
+@pytest.mark.parametrize("model,options,rel,kl_abs", [
+    ("mlp", [], 2e-5, 1e-5), ("mlp", ["fused_mlp=false"], 2e-5, 1e-5),  # written-out pass / autograd
+    ("conv", [], 2e-5, 1e-5),
+    pytest.param("mlp", ["compile=true"], 2e-5, 1e-5,  # Inductor with eager RNG: rounding differences only
                  marks=pytest.mark.slow),      # (about 40 s of compilation on 2 cores: make test-all)
-    pytest.param("mlp", ["compile=true", "compile_mode=reduce_overhead"], 2e-5,  # CUDA graphs on a GPU; here
-                 marks=pytest.mark.slow),      # the same kernels (benchmarks/gpu_check.py checks it on CUDA)
-    ("conv", ["precision=bf16"], 2e-2),       # bf16 matrix products: ~3 significant digits per product
+    pytest.param("mlp", ["compile=true", "compile_mode=reduce_overhead"], 2e-5, 1e-5,  # CUDA graphs on a GPU;
+                 marks=pytest.mark.slow),      # here the same kernels (benchmarks/gpu_check.py checks it on CUDA)
+    # bf16 matrix products: ~3 significant digits per product. The KL near the prior (0.01-0.09 nats
+    # here) is a difference of nearly equal terms, σ² − 1 − log σ² ≈ (log σ²)²/2, so a bf16 error in
+    # log σ² shows doubled and relative, and compounds over the steps: 2.1 % (0.0019 nats) by step 14
+    # on an AMX CPU (oneDNN's bf16 kernels) while loss and recon stay within 2.5e-4
+    ("conv", ["precision=bf16"], 2e-2, 3e-3),
 ])
-def test_loss_trajectory_matches_a_plain_reference_loop(tmp_path, model, options, rel):
+def test_loss_trajectory_matches_a_plain_reference_loop(tmp_path, model, options, rel, kl_abs):
     steps, warmup = 14, 5
     overrides = [*TINY, *options, f"model={model}", f"max_steps={steps}", "log_every=1", "eval_every=1000",
                  "sample_every=1000", "checkpoint_every=1000", "dataset.binarize=dynamic", "schedule=linear",
@@ -74,7 +79,8 @@ def test_loss_trajectory_matches_a_plain_reference_loop(tmp_path, model, options
     assert len(fast) == len(ref) == steps                 # 240 − 40 val = 200 images: the order wraps an epoch
     for got, want in zip(fast, ref):
         for key in ("loss", "recon", "kl", "beta"):
-            assert got[key] == pytest.approx(want[key], rel=rel, abs=1e-5), (got["step"], key)
+            assert got[key] == pytest.approx(want[key], rel=rel, abs=kl_abs if key == "kl" else 1e-5), \
+                (got["step"], key)
     assert ref[-1]["loss"] < ref[0]["loss"]               # the trajectory is a real one: it trains
 
 

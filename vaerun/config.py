@@ -265,6 +265,7 @@ class TrainConfig:
     compile: bool = False              # torch.compile the training step's forward pass (and its backward)
     compile_mode: CompileMode = CompileMode.default  # torch.compile's mode (with compile=true)
     fused_mlp: bool = True             # MLP models: the step's backward written out, no autograd graph (faster)
+    flush_denormals: bool = True       # CPU: denormal floats computed as 0 (FTZ/DAZ; Adam's moments decay into them)
     eval_every: int = 500              # steps between validation passes (also at the end)
     sample_every: int = 1000           # steps between sample/reconstruction grids (also at the end)
     num_samples: int = 64              # images in each sample grid

@@ -53,7 +53,8 @@ def train(cfg: TrainConfig, run, config: dict, *, bar: bool = False, resume: boo
             parts = build(cfg)
             summary.update(device=str(parts.device), num_params=sum(p.numel() for p in parts.model.parameters()),
                            total_steps=parts.total_steps, steps_per_epoch=parts.steps_per_epoch,
-                           train_examples=len(parts.data.train), data_shape=list(parts.data.shape))
+                           train_examples=len(parts.data.train), data_shape=list(parts.data.shape),
+                           denormals=parts.denormals)
             log.info("%s: %d train / %d val examples of shape %s | %s model, %d parameters | %d steps on %s | %s",
                      parts.data.name, len(parts.data.train), len(parts.data.val), "x".join(map(str, parts.data.shape)),
                      cfg.model.name.value, summary["num_params"], parts.total_steps, parts.device, run.path)
