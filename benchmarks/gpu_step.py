@@ -113,7 +113,7 @@ def main() -> int:
                 trainer._step(xb)
 
             def no_sync_step(model, optimizer, x, beta, free_bits, grad_clip, capacity=None, update="all",
-                             forward=None, fused=None, need_norm=True):  # train_step without the guard's host sync
+                             forward=None, fused=None, need_norm=True, unit_input=False):  # train_step without the sync
                 terms = forward(x) if forward is not None else elbo_terms(model, x)
                 loss = training_loss(terms, beta, free_bits, capacity)
                 zero_grad(optimizer)  # as train_step does it (fused=None: this script pins fused_mlp=false)

@@ -79,6 +79,37 @@ def assert_same_as_reference(run: Path, reference) -> None:
     assert all(torch.equal(final[k], weights[k]) for k in weights)
 
 
+def test_the_running_sums_do_not_depend_on_when_a_checkpoint_folds_them():
+    """A record is the same whether a checkpoint (state_dict) came in between, through a save and
+    load, or not; the sums are float64 sums of the steps' batch means in step order; a checkpoint
+    written before the sums were kept on the host (float32 tensors) still loads."""
+    from vaerun.train import Accumulator
+
+    g = torch.Generator().manual_seed(0)
+    steps = [(torch.rand((), generator=g) * 300, torch.rand((), generator=g) * 280, torch.rand(5, generator=g))
+             for _ in range(23)]
+    whole, split = Accumulator(), Accumulator()
+    for i, step in enumerate(steps):
+        whole.add(*step)
+        split.add(*step)
+        if i in (6, 7, 15):                                  # checkpoints, and a resume from the second
+            state = split.state_dict()
+            if i == 7:
+                split = Accumulator()
+                split.load_state_dict(pickle.loads(pickle.dumps(state)))
+    a, b = whole.mean(), split.mean()
+    assert a == b
+    recon = 0.0
+    for _, r, _ in steps:
+        recon += float(r)
+    assert a["recon"] == recon / len(steps)
+    assert a["kl"] == pytest.approx(float(sum(k for _, _, k in steps).sum()) / len(steps), rel=1e-6)
+    old = Accumulator()
+    old.load_state_dict({"n": 2, "sums": [torch.tensor(10.0), torch.tensor(8.0), torch.tensor([1.0, 3.0])]})
+    old.add(torch.tensor(2.0), torch.tensor(1.0), torch.tensor([0.5, 0.5]))
+    assert old.mean() == {"loss": 4.0, "recon": 3.0, "kl": 5.0 / 3, "kl_per_dim": [0.5, 3.5 / 3]}
+
+
 def test_sigterm_checkpoints_and_exits_143(tmp_path):
     out = tmp_path / "out"
     proc = start(*FAULT, out=out)

@@ -120,18 +120,39 @@ def test_build_uses_the_pass_for_mlp_models_unless_switched_off(overrides, used)
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "elu"])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
-def test_gradient_bound_bounds_every_gradient(activation, likelihood):
-    """The finiteness guard trusts gradient_bound(): no gradient entry may exceed it."""
+@pytest.mark.parametrize("unit_input", [False, True])
+def test_gradient_bound_bounds_every_gradient(activation, likelihood, unit_input):
+    """The finiteness guard trusts gradient_bound(): no gradient entry may exceed it, also where
+    it takes the norms of x in [0, 1] and of Bernoulli's x − σ(η) as known (unit_input)."""
     vae = _vae(activation, likelihood, hidden=(32, 16), shape=(2, 4, 4))
     pass_ = fused_pass(vae)
     for scale in (1.0, 4.0, 0.1):  # ordinary, large and small weights
         with torch.no_grad():
             for p in vae.parameters():
                 p.mul_(scale)
-        pass_(_data(likelihood, (2, 4, 4), b=9), 1.0, 0.0)
+        x = _data(likelihood, (2, 4, 4), b=9)
+        torch.manual_seed(5)
+        pass_(x, 1.0, 0.0, unit_input=unit_input)
         bound = float(pass_.gradient_bound())
         largest = max(float(p.grad.abs().max()) for p in vae.parameters())
         assert math.isfinite(bound) and largest <= bound
+        torch.manual_seed(5)
+        pass_(x, 1.0, 0.0)
+        assert bound >= float(pass_.gradient_bound())  # known norms are upper bounds of the read ones
+
+
+def test_the_known_bernoulli_gradient_norm_covers_a_saturated_output():
+    """Every output logit at +12 while every pixel is 0: each entry of x − σ(η) is about −1, so each
+    output-bias gradient is about 1 (the batch mean): the largest gradient there can be, and the
+    bound, which takes ‖x − σ(η)‖/n as √(numel)/n without reading it, must still cover it."""
+    vae = _vae("relu", hidden=(8,), shape=(1, 6, 5))
+    with torch.no_grad():
+        vae.decoder.net[-1].weight.zero_(), vae.decoder.net[-1].bias.fill_(12.0)
+    pass_ = fused_pass(vae)
+    pass_(torch.zeros(16, 1, 6, 5), 1.0, 0.0, unit_input=True)
+    largest = float(vae.decoder.net[-1].bias.grad.abs().max())
+    assert largest > 0.99
+    assert largest <= float(pass_.gradient_bound())
 
 
 def _tanh_step(need_norm: bool, w_out: float):

@@ -27,6 +27,7 @@ class Likelihood(nn.Module):
 
     params_per_channel: int = 1
     continuous: bool = False  # a density on [0, 1] (bits/dim then convert to the 256 levels), not a mass
+    unit_gradient: bool = False  # |d log_prob / d params| ≤ 1 per entry for every x in [0, 1] (models/fused.py)
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # (B,) nats
         raise NotImplementedError
@@ -53,6 +54,7 @@ class Bernoulli(Likelihood):
     likelihood of the data: binarize the data for an honest NLL (vaerun warns)."""
 
     params_per_channel = 1
+    unit_gradient = True  # on x in [0, 1], |d log p / d η| = |x − σ(η)| ≤ 1 per entry
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         nll = F.binary_cross_entropy_with_logits(params, x, reduction="none")  # (B, C, H, W)

@@ -88,9 +88,7 @@ def restore(parts: Parts, ckpt: dict, rngs: Rngs, acc: Accumulator) -> LoopState
     if "inner" in rng:
         rngs.inner.set_state(rng["inner"])
     random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
-    sums = ckpt["accumulator"]["sums"]  # the checkpoint was loaded to the CPU: back to the device
-    acc.load_state_dict({"n": ckpt["accumulator"]["n"],
-                         "sums": None if sums is None else [t.to(parts.device) for t in sums]})
+    acc.load_state_dict(ckpt["accumulator"])  # host-side sums
     return LoopState(**ckpt["loop"])
 
 
@@ -254,13 +252,13 @@ class Trainer:
         loss, terms, gnorm, ok = train_step(p.model, p.optimizer, x, beta, cfg.free_bits, cfg.optimizer.grad_clip,
                                             p.capacity_at(self.state.step),
                                             update="decoder" if self.state.aggressive else "all", forward=p.forward,
-                                            fused=p.fused, need_norm=logs)
+                                            fused=p.fused, need_norm=logs, unit_input=True)
         if not ok:
             return self._non_finite(loss, terms, gnorm)
         self.consecutive_skips = 0
         if p.ema is not None:
             p.ema.update()
-        self.acc.add(loss, terms.recon, terms.kl_per_dim)
+        self.acc.add(loss, *terms.batch_means())
         self.state.step += 1
         self.seen += x.shape[0]
         if is_per_step(p.lr_scheduler):
@@ -289,7 +287,7 @@ class Trainer:
             x = p.data.prepare(images[idx], self.rngs.inner)
             loss, _, _, ok = train_step(p.model, p.optimizer, x, beta, cfg.free_bits, cfg.optimizer.grad_clip,
                                         p.capacity_at(self.state.step), update="encoder", forward=p.forward,
-                                        fused=p.fused)
+                                        fused=p.fused, unit_input=True)
             if not ok:  # a non-finite inner step is never applied; leave the rest to the outer step's policy
                 break
             window = window + loss

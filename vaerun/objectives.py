@@ -7,7 +7,7 @@ loss is *not* the ELBO: the ELBO is always −(recon + KL) at β = 1.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -21,6 +21,14 @@ class Terms:
     kl_per_dim: torch.Tensor  # (B, D) nats
     mu: torch.Tensor          # (B, D)
     logvar: torch.Tensor      # (B, D)
+    _means: Optional[tuple[torch.Tensor, torch.Tensor]] = field(default=None, repr=False, compare=False)
+
+    def batch_means(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(recon averaged over the batch, (); kl_per_dim averaged over the batch, (D,)), computed
+        once per batch and shared by the loss, its written-out gradient and the loop's running sums."""
+        if self._means is None:
+            self._means = (self.recon.mean(), self.kl_per_dim.mean(0))
+        return self._means
 
     @property
     def kl(self) -> torch.Tensor:  # (B,)
@@ -64,15 +72,16 @@ def elbo_terms(model: VAE, x: torch.Tensor, autocast: Optional[torch.dtype] = No
     return Terms(recon, gaussian_kl(mu, logvar), mu, logvar)
 
 
-def kl_penalty(kl_per_dim: torch.Tensor, free_bits: float) -> torch.Tensor:
+def kl_penalty(kl_per_dim: torch.Tensor, free_bits: float, per_dim: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The KL term the optimiser sees, a scalar per batch.
 
     free_bits = 0: the batch mean of Σ_d KL_d. free_bits = λ > 0: Σ_d max(λ, mean_batch KL_d), the
     free-bits objective of Kingma et al. 2016 (IAF paper, eq. 15) with one group per latent
     dimension: a dimension costs nothing below λ nats, so the optimiser has no reason to squeeze
-    it below λ, and the gradient to its KL vanishes there.
+    it below λ, and the gradient to its KL vanishes there. ``per_dim``: the batch mean of
+    ``kl_per_dim`` when the caller has it (:meth:`Terms.batch_means`).
     """
-    per_dim = kl_per_dim.mean(0)  # (D,)
+    per_dim = kl_per_dim.mean(0) if per_dim is None else per_dim  # (D,)
     if free_bits <= 0:
         return per_dim.sum()
     return torch.clamp(per_dim, min=free_bits).sum()
@@ -86,23 +95,25 @@ def training_loss(terms: Terms, beta: float, free_bits: float, capacity: Optiona
     in β-VAE", eq. 8): the KL term becomes β·γ·|KL − C|, pulling the KL towards the capacity C
     nats (raised over training) instead of towards zero. With β = 1 it is exactly the paper's
     recon + γ|KL − C|; a β schedule and free bits still apply (KL is the free-bits penalty)."""
-    penalty = kl_penalty(terms.kl_per_dim, free_bits)
+    recon, per_dim = terms.batch_means()
+    penalty = kl_penalty(terms.kl_per_dim, free_bits, per_dim)
     if capacity is not None:
         gamma, c = capacity
         penalty = gamma * (penalty - c).abs()
-    return terms.recon.mean() + beta * penalty
+    return recon + beta * penalty
 
 
 def kl_weights(kl_per_dim: torch.Tensor, beta: float, free_bits: float,
-               capacity: Optional[tuple[float, float]] = None) -> torch.Tensor:
+               capacity: Optional[tuple[float, float]] = None, per_dim: Optional[torch.Tensor] = None) -> torch.Tensor:
     """d training_loss / d kl_per_dim[b, d], (B, D): what a backward written out by hand
     (models/fused.py) multiplies the KL's own derivatives with. β/B per entry; free bits zero a
     dimension whose batch-mean KL is below λ (as clamp's gradient does); capacity multiplies by
-    γ·sign(KL − C) (the gradient of γ|KL − C|)."""
+    γ·sign(KL − C) (the gradient of γ|KL − C|). ``per_dim``: as for :func:`kl_penalty`."""
+    per_dim = kl_per_dim.mean(0) if per_dim is None and (capacity is not None or free_bits > 0) else per_dim
     scale = torch.full_like(kl_per_dim[0], beta)                                # (D,)
     if capacity is not None:
         gamma, c = capacity
-        scale = scale * (gamma * torch.sign(kl_penalty(kl_per_dim, free_bits) - c))
+        scale = scale * (gamma * torch.sign(kl_penalty(kl_per_dim, free_bits, per_dim) - c))
     if free_bits > 0:
-        scale = scale * (kl_per_dim.mean(0) >= free_bits)
+        scale = scale * (per_dim >= free_bits)
     return (scale / kl_per_dim.shape[0]).expand_as(kl_per_dim)

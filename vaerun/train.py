@@ -241,7 +241,7 @@ def total_grad_norm(params) -> torch.Tensor:
 def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, beta: float, free_bits: float,
                grad_clip: float, capacity: Optional[tuple[float, float]] = None, update: str = "all",
                forward: Optional[Callable[[torch.Tensor], Terms]] = None, fused: Optional[Callable] = None,
-               need_norm: bool = True):
+               need_norm: bool = True, unit_input: bool = False):
     """One optimizer step on batch x. Returns (loss, terms, grad_norm, ok): the global gradient
     norm before clipping, and whether loss and gradients were finite. A non-finite step is never
     taken (the one host sync per step buys that guarantee). ``update``: ``all``, ``encoder``
@@ -252,21 +252,22 @@ def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, be
     computes the loss and writes the gradients itself; used instead of ``forward`` and autograd.
     ``need_norm=False``: the caller does not use this step's gradient norm (the loop logs it
     every ``log_every`` steps); where the written-out pass bounds its gradients
-    (``gradient_bound``), without clipping or a partial update, a bound at most
+    (``gradient_bound``, read with the loss), without clipping or a partial update, a bound at most
     :data:`BOUND_LIMIT` then proves them finite without reading them and ``grad_norm`` is None
-    (the decision the norm would give); any other bound falls back to the norm."""
+    (the decision the norm would give); any other bound falls back to the norm. ``unit_input``:
+    x lies in [0, 1] (``Data.prepare``'s batches), which the bound may use instead of reading x."""
     zero_grad(optimizer)
     if fused is not None:
-        loss, terms = fused(x, beta, free_bits, capacity)
+        loss, terms = fused(x, beta, free_bits, capacity, unit_input=unit_input)
     else:
         terms = forward(x) if forward is not None else elbo_terms(model, x)
         loss = training_loss(terms, beta, free_bits, capacity)
         loss.backward()
-    bound = getattr(fused, "gradient_bound", None) if not need_norm and grad_clip <= 0 and update == "all" else None
+    norms = getattr(fused, "factor_norms", None) if not need_norm and grad_clip <= 0 and update == "all" else None
     grad_norm, ok = None, False
-    if bound is not None:  # the host sync; a bound that is too large or not finite falls back to the norm
-        lv, bv = torch.stack([loss.detach(), bound()]).tolist()
-        ok = math.isfinite(lv) and bv <= BOUND_LIMIT
+    if norms is not None:  # the host sync; a bound that is too large or not finite falls back to the norm
+        lv, *nv = torch.stack([loss.detach(), *norms()]).tolist()
+        ok = math.isfinite(lv) and fused.bound_of(nv) <= BOUND_LIMIT
     if not ok:
         params = [q for group in optimizer.param_groups for q in group["params"]]  # what the step moves
         if grad_clip > 0:
@@ -354,27 +355,41 @@ def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: floa
 
 
 class Accumulator:
-    """Running sums of training terms on the device: no host sync until ``mean`` is called."""
+    """Running sums of the training terms between records, with no host sync and no arithmetic
+    per step: each step's batch means (:meth:`Terms.batch_means`, already computed for the loss)
+    are kept as they are, and summed on the host, in float64 and in step order, when a record is
+    written (:meth:`mean`) or a checkpoint taken (:meth:`state_dict`), so a resumed run sums
+    exactly as an uninterrupted one."""
 
     def __init__(self):
-        self.n, self.sums = 0, None
+        self.n, self.sums, self.pending = 0, None, []
 
     def add(self, loss: torch.Tensor, recon: torch.Tensor, kl_per_dim: torch.Tensor) -> None:
-        vals = [loss.detach(), recon.detach().mean(), kl_per_dim.detach().mean(0)]
-        if self.sums is None:
-            self.sums = [v.clone() for v in vals]  # owned: the adds below are in place
-        else:
-            torch._foreach_add_(self.sums, vals)
+        """``loss`` and ``recon`` (), ``kl_per_dim`` (D,): this step's batch means."""
+        self.pending.append((loss.detach(), recon.detach(), kl_per_dim.detach()))
         self.n += 1
 
+    def _fold(self) -> list[float]:
+        if self.pending:
+            loss, recon, kl = (torch.stack(t) for t in zip(*self.pending))                # (n,), (n,), (n, D)
+            rows = torch.cat([loss[:, None], recon[:, None], kl], dim=1).tolist()
+            sums = self.sums or [0.0] * len(rows[0])
+            for row in rows:
+                sums = [a + b for a, b in zip(sums, row)]
+            self.sums, self.pending = sums, []
+        return self.sums
+
     def state_dict(self) -> dict:
-        return {"n": self.n, "sums": [t.clone() for t in self.sums] if self.sums is not None else None}  # a snapshot
+        sums = self._fold()
+        return {"n": self.n, "sums": None if sums is None else torch.tensor(sums, dtype=torch.float64)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.n, self.sums = state["n"], [t.clone() for t in state["sums"]] if state["sums"] is not None else None
+        sums = state["sums"]
+        if isinstance(sums, (list, tuple)):  # checkpoints before 2026-11-28: [loss (), recon (), kl_per_dim (D,)]
+            sums = torch.cat([t.reshape(-1).double() for t in sums])
+        self.n, self.sums, self.pending = state["n"], None if sums is None else sums.tolist(), []
 
     def mean(self) -> dict:
-        loss, recon, kl_dim = (v / self.n for v in self.sums)
-        kl_d = kl_dim.tolist()
+        loss, recon, *kl_d = (v / self.n for v in self._fold())
         self.n, self.sums = 0, None
-        return {"loss": loss.item(), "recon": recon.item(), "kl": sum(kl_d), "kl_per_dim": kl_d}
+        return {"loss": loss, "recon": recon, "kl": sum(kl_d), "kl_per_dim": kl_d}

@@ -98,12 +98,13 @@ def fused_pass(model: VAE) -> Optional[Callable]:
     zero_grad), or None where the model is not an MLP VAE this pass covers.
 
     ``pass_.gradient_bound()`` then bounds every gradient of that call without reading them:
-    a 0-d tensor B with |every entry| ≤ B, and |every partial sum formed on the way| ≤ B. Each
+    a float B with |every entry| ≤ B, and |every partial sum formed on the way| ≤ B. Each
     layer's weight gradient is g^T h over the batch, so by Cauchy-Schwarz
     |Σ_b g_bo h_bi| ≤ ‖g‖‖h‖; its bias gradient |Σ_b g_bo| ≤ √n‖g‖ (n examples). The norms
     of these (B, width) factors cost a fraction of a pass over the gradients (the MLP's are
-    2.6 MB), and any NaN or inf in a factor makes the bound NaN or inf. The training step's
-    finiteness guard uses it (:func:`vaerun.train.train_step`)."""
+    2.6 MB), and any NaN or inf in a factor makes the bound inf. The training step's
+    finiteness guard reads ``pass_.factor_norms()`` (one foreach call) in the same host sync
+    as the loss and takes ``pass_.bound_of`` of them (:func:`vaerun.train.train_step`)."""
     enc, dec = model.encoder, model.decoder
     if (type(enc) is not MLPEncoder or type(dec) is not MLPDecoder or any(True for _ in model.likelihood.parameters())
             or not enc.body or not isinstance(enc.body[0], nn.Flatten)):
@@ -115,8 +116,14 @@ def fused_pass(model: VAE) -> Optional[Callable]:
         return None
 
     last: list = []  # the last call's (g, h) factors, for gradient_bound
+    batch = [1]      # and its batch size n
 
-    def pass_(x: torch.Tensor, beta: float, free_bits: float, capacity: Optional[tuple[float, float]] = None):
+    def pass_(x: torch.Tensor, beta: float, free_bits: float, capacity: Optional[tuple[float, float]] = None,
+              unit_input: bool = False):
+        """``unit_input``: x is known to lie in [0, 1] (what ``Data.prepare`` returns), so the bound
+        takes ‖x‖ ≤ √(x.numel()) and, for a likelihood whose gradient is then at most 1 per entry
+        (``unit_gradient``: Bernoulli's x − σ(η)), the output layer's ‖g‖ ≤ √(numel)/n, without
+        reading either (their norms were a quarter each of the bound's memory traffic)."""
         with torch.no_grad():
             b = x.shape[0]
             out, enc_saved = body.forward(x.flatten(1))               # (B, 2D)
@@ -130,19 +137,40 @@ def fused_pass(model: VAE) -> Optional[Callable]:
             terms = Terms(-log_p, gaussian_kl(mu, logvar), mu, logvar)
             loss = training_loss(terms, beta, free_bits, capacity)
             last.clear()
+            batch[0] = b
             g_z = net.backward(dec_saved, g_params.view(b, -1).neg_().div_(b), need_input=True,
                                factors=last)                                                   # d loss / d z
-            w = kl_weights(terms.kl_per_dim, beta, free_bits, capacity)                      # d loss / d KL_bd
+            w = kl_weights(terms.kl_per_dim, beta, free_bits, capacity, terms.batch_means()[1])  # d loss / d KL_bd
             g_kl_mu, g_kl_logvar = gaussian_kl_grad(mu, logvar)
             g_out = torch.cat([g_z + w * g_kl_mu, g_z * eps * 0.5 * std + w * g_kl_logvar], dim=1)  # (B, 2D)
             body.backward(enc_saved, g_out, need_input=False, factors=last)
+            if unit_input:  # factors whose norm is known: a float in place of the tensor
+                last[-1] = (last[-1][0], math.sqrt(x.numel()))                     # the first layer's input x
+                if model.likelihood.unit_gradient:
+                    last[0] = (math.sqrt(g_params.numel()) / b, last[0][1])        # the output layer's g
         return loss, terms
 
-    def gradient_bound() -> torch.Tensor:
+    def factor_norms() -> list[torch.Tensor]:
+        """The norms of the last call's factors that are not known already (0-d tensors, in the
+        order of ``last``), in one foreach call."""
         with torch.no_grad():
-            g_norms = torch.stack(torch._foreach_norm([g for g, _ in last]))
-            h_norms = torch.stack(torch._foreach_norm([h for _, h in last]))
-            return (g_norms * h_norms.clamp_min(math.sqrt(last[0][0].shape[0]))).amax()
+            return torch._foreach_norm([t for pair in last for t in pair if isinstance(t, torch.Tensor)])
 
+    def bound_of(norms: list[float]) -> float:
+        """The bound from :func:`factor_norms` read as floats: max over layers of ‖g‖·max(‖h‖, √n),
+        inf where any norm is not finite."""
+        if not all(map(math.isfinite, norms)):
+            return math.inf
+        given, root_n, bound = iter(norms), math.sqrt(batch[0]), 0.0
+        for g, h in last:
+            g_norm = next(given) if isinstance(g, torch.Tensor) else g
+            h_norm = next(given) if isinstance(h, torch.Tensor) else h
+            bound = max(bound, g_norm * max(h_norm, root_n))
+        return bound
+
+    def gradient_bound() -> float:
+        return bound_of(torch.stack(factor_norms()).tolist())
+
+    pass_.factor_norms, pass_.bound_of = factor_norms, bound_of
     pass_.gradient_bound = gradient_bound
     return pass_
