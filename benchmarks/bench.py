@@ -681,11 +681,12 @@ def write_page(r: dict, path: Path) -> None:
         lines += ["**Overhead.** vaerun's full step (`Trainer._step`: batch gather from the uint8 tensor, scaling, "
                   "the β schedule, the free-bits penalty, the finiteness guard (for the written-out pass a bound on "
                   "every gradient from the norms of its (batch, width) factors; the global gradient norm on "
-                  "logging steps), metric accumulation "
-                  f"on the device, a metrics.jsonl record every {o['log_every']} steps) against a bare step "
+                  "logging steps), the running sums of the terms (each step's batch means kept on the device, "
+                  f"summed on the host at each record), a metrics.jsonl record every {o['log_every']} steps) "
+                  "against a bare step "
                   "(the same written-out forward and backward and the same fused Adam kernel call, nothing else) on "
                   f"one pre-made batch tensor, same model; {o['steps']} steps per repeat, the two sides alternating every 10 steps so that both see "
-                  "the same drift of this machine's speed (±20 % over minutes); the ratio is the median of the "
+                  "the same drift of this machine's speed; the ratio is the median of the "
                   "per-repeat ratios. On statically binarized "
                   f"MNIST the loop's bookkeeping costs {100 * (st['ratio'] - 1):.0f} % "
                   f"(ms/step, vaerun: " + ", ".join(f"{1e3 * v:.2f}" for v in st["seconds_per_step"]["vaerun"])
@@ -693,9 +694,10 @@ def write_page(r: dict, path: Path) -> None:
                   "dynamic binarization (a fresh Bernoulli draw for each of the 100,352 pixels of every batch, "
                   "which the bare step does not do) the step costs "
                   f"{100 * (dy['ratio'] - 1):.0f} % more than the bare step: the random numbers are most of that "
-                  "(about 0.5 ms per batch on this CPU, already a third of `torch.bernoulli`'s cost)."
+                  f"({1e3 * (dy['median']['vaerun'] - st['median']['vaerun']):.2f} ms per batch more than static "
+                  "binarization on this CPU, already a third of `torch.bernoulli`'s cost)."
                   + (f" Compiled on both sides (`compile=true` against a bare step through the same compiled "
-                     f"forward) the same bookkeeping is {100 * (o['compiled']['ratio'] - 1):.0f} % of a shorter step "
+                     f"forward) the same bookkeeping is {100 * (o['compiled']['ratio'] - 1):.0f} % of the step "
                      f"({1e3 * o['compiled']['median']['vaerun']:.2f} vs {1e3 * o['compiled']['median']['bare']:.2f} "
                      "ms)." if "compiled" in o else ""), ""]
     if "ceiling" in r:
