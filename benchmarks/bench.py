@@ -658,7 +658,7 @@ def write_page(r: dict, path: Path) -> None:
                       "pixel, and the loop's bookkeeping."
                       + (f" The products and the Adam update alone ({1e3 * r['ceiling']['128']['adam_s']:.2f} ms, "
                          "the fused kernel on the step's gradients, nothing else) already take "
-                         f"{100 * (r['ceiling']['128']['mm_s'] + r['ceiling']['128']['adam_s']) / (128 / (5 * conv)):.0f} % "
+                         f"{100 * (r['ceiling']['128']['mm_s'] + r['ceiling']['128']['adam_s']) * 5 * conv / 128:.0f} % "
                          "of that budget, before any activation, likelihood, reparameterization or KL."
                          if "adam_s" in r["ceiling"]["128"] else ""), ""]
     if "denormals" in r:
@@ -808,7 +808,8 @@ def main() -> int:
         print(f"bench: unknown section(s) {bad}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
     reps = 2 if a.quick else 3
-    results: dict = {"machine": {**machine(), "denormals": denormal_mode}, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "quick": a.quick}
+    results: dict = {"machine": {**machine(), "denormals": denormal_mode},
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "quick": a.quick}
     previous = None
     if a.only and Path(a.out).exists():  # a partial rerun updates those sections of the last full run
         previous = json.loads(Path(a.out).read_text())
