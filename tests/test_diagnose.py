@@ -97,6 +97,7 @@ def test_eval_command_writes_eval_json(tiny_run):
     res = json.loads((tiny_run / "eval.json").read_text())["test/best/K=20"]
     assert res["iw_samples"] == 20 and res["iw_n"] == res["n"] == 40   # every test example, K as asked
     assert res["nll_iw"] <= -res["elbo"] + 1.0                         # tighter than the ELBO (up to noise)
+    assert res["denormals"] in ("all threads", "unsupported")         # flushed as in training, every thread
 
 
 def test_diagnose_command_prints_and_writes(tiny_run):

@@ -33,6 +33,7 @@ class Run:
         self.path, self.device = self.folder.path, torch.device(device)
         self._models: dict[str, torch.nn.Module] = {}
         self._data = None
+        self.denormals: Optional[str] = None  # the denormal mode a CLI command opened it under (flush_denormals)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, status={self.summary.get('status')!r})"

@@ -18,10 +18,14 @@ def _console():
 
 
 def _open(path: str, device: str):
+    """The run, with denormal floats flushed as its training did (``flush_denormals``; runs from
+    before the key: on), set before any computation so that every thread flushes."""
     from vaerun.api import load_run
-    from vaerun.train import resolve_device
+    from vaerun.train import flush_denormals, resolve_device
 
-    return load_run(path, device=str(resolve_device(device)))
+    run = load_run(path, device=str(resolve_device(device)))
+    run.denormals = flush_denormals(bool(run.config.get("flush_denormals", True)))
+    return run
 
 
 def eval_main(argv: list[str]) -> int:
@@ -52,7 +56,7 @@ def eval_main(argv: list[str]) -> int:
         res = run.evaluate(a.split, a.checkpoint, a.iw_samples, a.seed, batch_size=a.batch_size,
                            on_batch=lambda n, _: bar.update(task, completed=n))
     res.update(split=a.split, checkpoint=a.checkpoint, seconds=round(time.time() - t0, 2),
-               step=run.folder.load_checkpoint(a.checkpoint)["step"])
+               step=run.folder.load_checkpoint(a.checkpoint)["step"], denormals=run.denormals)
     report = run.folder.read_report("eval.json")
     report[f"{a.split}/{a.checkpoint}/K={a.iw_samples}"] = res
     run.folder.write_report("eval.json", report)
