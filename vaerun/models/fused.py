@@ -146,7 +146,7 @@ def fused_pass(model: VAE) -> Optional[Callable]:
             body.backward(enc_saved, g_out, need_input=False, factors=last)
             if unit_input:  # factors whose norm is known: a float in place of the tensor
                 last[-1] = (last[-1][0], math.sqrt(x.numel()))                     # the first layer's input x
-                if model.likelihood.unit_gradient:
+                if model.likelihood.unit_gradient and net.layers[-1][1] is None:  # logits straight out
                     last[0] = (math.sqrt(g_params.numel()) / b, last[0][1])        # the output layer's g
         return loss, terms
 
