@@ -36,6 +36,8 @@ def adam_moments(n=1 << 17, steps=200):  # a dead unit: one gradient, then exact
 out = {"threads": torch.get_num_threads()}
 if ORDER == "pool first":
     kept()
+if ORDER == "pool flushing first":
+    flush_denormals(True)
 out["state"] = flush_denormals(ON)
 out["kept"] = kept()
 out["adam_denormals"], out["adam_max"] = adam_moments()
@@ -75,6 +77,14 @@ def test_a_pool_started_before_is_reported_as_this_thread_only():
         pytest.skip("this CPU has no flush-to-zero mode")
     assert out["state"] == "this thread only"
     assert 0 < out["kept"] < 1 << 17  # the worker thread's half of the product kept its denormals
+
+
+def test_off_after_a_flushing_pool_started_says_so():
+    out = probe(False, order="pool flushing first")
+    if probe(True)["state"] == "unsupported":
+        pytest.skip("this CPU has no flush-to-zero mode")
+    assert out["state"] == "off on this thread only"
+    assert 0 < out["kept"] < 1 << 17  # this thread's half kept, the worker's flushed
 
 
 def test_runs_with_and_without_flushing_agree_and_say_which(tmp_path):

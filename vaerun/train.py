@@ -69,7 +69,8 @@ def resolve_device(name: str) -> torch.device:
 def flush_denormals(on: bool) -> str:
     """CPU arithmetic with denormal floats (|x| < 1.2e-38) flushed to zero (FTZ/DAZ), as
     TensorFlow and XLA set it on the CPU; what this process's threads do now: ``all threads``,
-    ``this thread only``, ``unsupported`` (no such mode on this CPU) or ``off``.
+    ``this thread only``, ``unsupported`` (no such mode on this CPU), ``off``, or ``off on this
+    thread only`` (worker threads started while it was on keep flushing).
 
     Why: Adam's first moment of a weight whose gradient is exactly 0 (a dead ReLU unit's weights,
     a border pixel's) decays by β1 per step through the denormal range, and x86 cores compute on
@@ -83,11 +84,16 @@ def flush_denormals(on: bool) -> str:
     train`` process); a probe (a product over 2^17 denormals, spread over the pool) tells."""
     if not on:
         torch.set_flush_denormal(False)
-        return "off"
+        return "off" if _flushed_fraction() == 0.0 else "off on this thread only"  # workers started flushing
     if not torch.set_flush_denormal(True):
         return "unsupported"
+    return "all threads" if _flushed_fraction() == 1.0 else "this thread only"
+
+
+def _flushed_fraction() -> float:
+    """The share of 2^17 denormals that a product spread over torch's thread pool turns into 0."""
     denormal = torch.full((1 << 17,), 1 << 22, dtype=torch.int32).view(torch.float32)  # 5.9e-39, set as bits
-    return "all threads" if bool((denormal * 1.0).view(torch.int32).eq(0).all()) else "this thread only"
+    return float((denormal * 1.0).view(torch.int32).eq(0).float().mean())
 
 
 def cpu_has_bf16() -> bool:
