@@ -517,22 +517,13 @@ def full_masked_kernels():
 
 
 def iw(root: str, repeats: int, quick: bool) -> dict:
-    from vaerun.metrics import iw_log_likelihood
     from vaerun.train import build
 
     cfg, _ = compose([*EXAMPLES_MODEL, f"dataset.root={root}"])
     p = build(cfg)
-    p.model.eval()
-    k, n, batch = 5000, (20 if quick else 100), 100
-    x = p.data.prepare(p.data.test.images[:n])
-    rates = []
-    with torch.inference_mode():
-        iw_log_likelihood(p.model, x[:10], 500)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            for s in range(0, n, batch):
-                iw_log_likelihood(p.model, x[s:s + batch], k)
-            rates.append(n * k / (time.perf_counter() - t))
+    k, n = 5000, (20 if quick else 100)
+    iw_rate(p, 10, 500)  # warm-up
+    rates = [iw_rate(p, n, k)["samples_per_sec"] for _ in range(repeats)]
     rate = median(rates)
     full = len(p.data.test) * k / rate
     return {"samples_per_sec": rate, "runs": rates, "k": k, "examples_timed": n,

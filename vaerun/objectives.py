@@ -109,7 +109,7 @@ def kl_weights(kl_per_dim: torch.Tensor, beta: float, free_bits: float,
     (models/fused.py) multiplies the KL's own derivatives with. β/B per entry; free bits zero a
     dimension whose batch-mean KL is below λ (as clamp's gradient does); capacity multiplies by
     γ·sign(KL − C) (the gradient of γ|KL − C|). ``per_dim``: as for :func:`kl_penalty`."""
-    per_dim = kl_per_dim.mean(0) if per_dim is None and (capacity is not None or free_bits > 0) else per_dim
+    per_dim = kl_per_dim.mean(0) if per_dim is None else per_dim                # (D,)
     scale = torch.full_like(kl_per_dim[0], beta)                                # (D,)
     if capacity is not None:
         gamma, c = capacity
