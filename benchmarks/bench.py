@@ -54,8 +54,10 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    from vaerun.train import cpu_has_bf16
+
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
+            "python": platform.python_version(), "platform": platform.platform(), "cpu_bf16": cpu_has_bf16(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -170,19 +172,19 @@ class ConventionalLoop:
         return n, time.perf_counter() - t
 
 
-def bare_step_fn(model, optimizer, x, compile: bool = False, fused: bool = True):
+def bare_step_fn(model, optimizer, x, compile: bool = False, fused: bool = True, autocast=None):
     """The least a training step can do: forward, the loss, backward, the optimizer step, done
     the way vaerun's step does them: the MLP's written-out pass when ``fused`` (fused_mlp=true),
     else autograd (the forward compiled as compile=true compiles it, when ``compile``), and the
     fused Adam kernel called directly. So the overhead section measures the loop's bookkeeping
-    only."""
+    only. ``autocast``: torch.bfloat16 runs the written-out pass as precision=bf16 does."""
     from vaerun.models.fused import fused_pass
     from vaerun.objectives import training_loss
     from vaerun.optim import optimizer_step, zero_grad
     from vaerun.train import make_forward
 
     forward = make_forward(model, x.device, compile=compile)
-    written = fused_pass(model) if fused and not compile else None
+    written = fused_pass(model, autocast) if fused and not compile else None
 
     def step():
         zero_grad(optimizer)
@@ -203,13 +205,16 @@ def time_calls(fn, k: int) -> float:
 
 # ---------------------------------------------------------------- sections
 def conventional(root: str, repeats: int, epochs_each: int) -> dict:
-    """Four contenders, alternating: the conventional loop; vaerun on the same grey levels (its
+    """Five contenders, alternating: the conventional loop; vaerun on the same grey levels (its
     Bernoulli cross-entropy is then the example's loss, term for term); vaerun with dynamic
     binarization (its MNIST default: a fresh Bernoulli draw per pixel per step, which the
-    conventional loop does not do); vaerun on grey levels through autograd (fused_mlp=false)."""
+    conventional loop does not do); vaerun on grey levels through autograd (fused_mlp=false);
+    vaerun on grey levels in bf16 (precision=bf16: other arithmetic, so not the like-for-like
+    ratio, but what a user with a bf16 CPU or a GPU may choose)."""
     loops = {"conventional": ConventionalLoop(root), "vaerun": VaerunLoop(root, ["dataset.binarize=none"]),
              "vaerun_dynamic": VaerunLoop(root), "vaerun_autograd": VaerunLoop(root, ["dataset.binarize=none",
-                                                                                     "fused_mlp=false"])}
+                                                                                     "fused_mlp=false"]),
+             "vaerun_bf16": VaerunLoop(root, ["dataset.binarize=none", "precision=bf16"])}
     warmup = {}
     for name, loop in loops.items():  # warm-up (first-touch allocations, thread pools, compilation)
         warmup[name] = loop.epoch()[1]
@@ -224,7 +229,8 @@ def conventional(root: str, repeats: int, epochs_each: int) -> dict:
     med = {k: median(v) for k, v in rates.items()}
     return {"examples_per_sec": rates, "median": med, "ratio": med["vaerun"] / med["conventional"],
             "ratio_dynamic": med["vaerun_dynamic"] / med["conventional"],
-            "ratio_autograd": med["vaerun_autograd"] / med["conventional"], "warmup_epoch_s": warmup, "target": 5.0,
+            "ratio_autograd": med["vaerun_autograd"] / med["conventional"],
+            "ratio_bf16": med["vaerun_bf16"] / med["conventional"], "warmup_epoch_s": warmup, "target": 5.0,
             "vaerun_epoch_examples": len(loops["vaerun"].parts.data.train), "conventional_epoch_examples": 60000}
 
 
@@ -365,6 +371,8 @@ def linear_flops(model, batch: int) -> tuple[float, list[tuple[int, int, int]]]:
 
 
 def ceiling(root: str, repeats: int) -> dict:
+    import copy
+
     from vaerun.likelihoods import build_likelihood
     from vaerun.models import build_vae
     from vaerun.optim import build_optimizer, optimizer_step
@@ -383,20 +391,25 @@ def ceiling(root: str, repeats: int) -> dict:
             for a, b, c in mats:
                 torch.mm(a, b, out=c)
         step = bare_step_fn(model, opt, x)
+        twin = copy.deepcopy(model)  # the same step in bf16 (precision=bf16), on its own copy
+        bf16 = bare_step_fn(twin, build_optimizer(twin.parameters(), "adam", lr=1e-3), x, autocast=torch.bfloat16)
 
         def adam():  # the update alone, on the gradients the last step left
             optimizer_step(opt)
-        time_calls(step, 10), time_calls(mm, 10), time_calls(adam, 10)
-        t_step, t_mm, t_adam = [], [], []
+        time_calls(step, 10), time_calls(mm, 10), time_calls(adam, 10), time_calls(bf16, 10)
+        t_step, t_mm, t_adam, t_bf16 = [], [], [], []
         for _ in range(repeats):
             t_mm.append(time_calls(mm, steps) / steps)
             t_step.append(time_calls(step, steps) / steps)
             t_adam.append(time_calls(adam, steps) / steps)
+            t_bf16.append(time_calls(bf16, steps) / steps)
         s, m = median(t_step), median(t_mm)
         out[str(batch)] = {"flops_per_step": flops, "step_s": s, "mm_s": m, "adam_s": median(t_adam),
                            "achieved_gflops": flops / s / 1e9,
                            "ceiling_gflops": flops / m / 1e9, "fraction": m / s,
-                           "target": 0.5 if batch == 128 else 0.65}
+                           "target": 0.5 if batch == 128 else 0.65,
+                           "bf16_step_s": median(t_bf16),
+                           "bf16_speedup": median([a / b for a, b in zip(t_step, t_bf16)])}
     return out
 
 
@@ -551,7 +564,8 @@ def table_rows(r: dict) -> list[tuple[str, str, str, str]]:
                      f"{c['median']['vaerun']:,.0f} vs {c['median']['conventional']:,.0f}", f"{c['ratio']:.1f}x",
                      f">= {c['target']:.0f}x"))
         for key, label in (("dynamic", "the same, vaerun with dynamic binarization"),
-                           ("autograd", "the same, vaerun through autograd (fused_mlp=false)")):
+                           ("autograd", "the same, vaerun through autograd (fused_mlp=false)"),
+                           ("bf16", "the same, vaerun in bf16 (precision=bf16: other arithmetic)")):
             if f"ratio_{key}" in c:
                 rows.append((label, f"{c['median'][f'vaerun_{key}']:,.0f} vs {c['median']['conventional']:,.0f}",
                              f"{c[f'ratio_{key}']:.1f}x", ""))
@@ -577,6 +591,9 @@ def table_rows(r: dict) -> list[tuple[str, str, str, str]]:
         rows.append((f"MLP step vs torch.mm ceiling, batch {b} (GFLOP/s)",
                      f"{c['achieved_gflops']:.1f} of {c['ceiling_gflops']:.1f}", f"{100 * c['fraction']:.0f}%",
                      f">= {100 * c['target']:.0f}%"))
+        if "bf16_step_s" in c:
+            rows.append((f"the MLP step in bf16 vs float32, batch {b} (ms)",
+                         f"{1e3 * c['bf16_step_s']:.2f} vs {1e3 * c['step_s']:.2f}", f"{c['bf16_speedup']:.2f}x", ""))
     for name, m in r.get("models", {}).items():
         rows.append((f"{name} training (MNIST, batch {m['batch_size']})", f"{m['examples_per_sec']:,.0f} ex/s", "", ""))
         if "full_kernel_examples_per_sec" in m:
@@ -627,7 +644,8 @@ def write_page(r: dict, path: Path) -> None:
              "Generated by `make bench` (`python benchmarks/bench.py`) from `benchmarks/results.json`; "
              "do not edit by hand. Every comparison runs both sides alternating, in one process (the "
              "denormals section: one process per side), and reports medians.", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores visible, torch {m['torch']} "
+             f"Machine: {m['cpu']}" + ({True: " (with bf16 instructions)", False: " (no bf16 instructions)"}
+                                       .get(m.get("cpu_bf16"), "")) + f", {m['cores']} cores visible, torch {m['torch']} "
              f"({m['torch_threads']} threads), Python {m['python']}, {m['platform']}"
              + (f"; denormal floats flushed on {m['denormals']} (vaerun's default, for both contenders)"
                 if m.get("denormals") in ("all threads", "this thread only") else "") + f"; measured {r['started']} "
@@ -636,8 +654,9 @@ def write_page(r: dict, path: Path) -> None:
              + ".", "",
              "| benchmark | measured | ratio | target | met |", "| --- | --- | --- | --- | --- |"]
     met = r.get("targets_met", {})
-    keys = {"vaerun vs conventional": "conventional", "full step vs bare": "overhead", "batch 128 (": "ceiling_128",
-            "batch 1024 (": "ceiling_1024", "IW NLL": "iw"}
+    keys = {"vaerun vs conventional": "conventional", "full step vs bare": "overhead",
+            "torch.mm ceiling, batch 128 (": "ceiling_128", "torch.mm ceiling, batch 1024 (": "ceiling_1024",
+            "IW NLL": "iw"}
     for row in table_rows(r):
         key = next((v for k, v in keys.items() if k in row[0]), None)
         mark = "" if key is None or key not in met else ("yes" if met[key] else "**no**")
@@ -664,6 +683,13 @@ def write_page(r: dict, path: Path) -> None:
                       f"examples/s, {c['ratio_dynamic']:.1f}x. Through autograd instead of the written-out pass "
                       f"(`fused_mlp=false`): {c['median']['vaerun_autograd']:,.0f} examples/s, "
                       f"{c['ratio_autograd']:.1f}x."]
+        if "ratio_bf16" in c:
+            lines += [f"In bf16 (`precision=bf16`: the layers' products and activations in bfloat16, the terms in "
+                      f"float32; the same written-out pass): {c['median']['vaerun_bf16']:,.0f} examples/s, "
+                      f"{c['ratio_bf16']:.1f}x. That is other arithmetic than the conventional loop's float32, so "
+                      "it is not the like-for-like ratio above; it shows what a user with a bf16-capable CPU "
+                      f"({'this one has' if r['machine'].get('cpu_bf16') else 'this one lacks'} bf16 instructions)"
+                      " gets from the switch."]
         lines.append("")
         if "overhead" in r and "ceiling" in r and c["ratio"] < c["target"]:
             bare = 128 / r["overhead"]["static"]["median"]["bare"]
@@ -748,7 +774,9 @@ def write_page(r: dict, path: Path) -> None:
         for b, c in r["ceiling"].items():
             lines.append(f"- batch {b}: {c['flops_per_step'] / 1e6:.0f} MFLOP per step; step {1e3 * c['step_s']:.2f} ms "
                          f"({c['achieved_gflops']:.1f} GFLOP/s), the products alone {1e3 * c['mm_s']:.2f} ms "
-                         f"({c['ceiling_gflops']:.1f} GFLOP/s): {100 * c['fraction']:.0f}% of the ceiling.")
+                         f"({c['ceiling_gflops']:.1f} GFLOP/s): {100 * c['fraction']:.0f}% of the ceiling."
+                         + (f" The same step in bf16 (`precision=bf16`, alternating with it): "
+                            f"{1e3 * c['bf16_step_s']:.2f} ms, {c['bf16_speedup']:.2f}x." if "bf16_step_s" in c else ""))
         lines.append("")
     if "models" in r:
         lines += ["**Conv and autoregressive models.** Training steps on MNIST batches already on the device."]

@@ -36,7 +36,8 @@ MODELS = {
                         "model.ar_cond_channels=16", "model.latent_dim=16", "model.ar_cond=global"], 64),
 }
 VARIANTS = {"fp32": [], "autograd": ["fused_mlp=false"],  # the MLP's autograd step (fp32 uses its written-out pass)
-            "bf16": ["precision=bf16"], "compile": ["compile=true"],
+            "bf16": ["precision=bf16"], "autograd+bf16": ["fused_mlp=false", "precision=bf16"],
+            "compile": ["compile=true"],
             "compile+bf16": ["compile=true", "precision=bf16"],
             # CUDA graphs (torch.compile's reduce-overhead mode): on a CPU the same as "compile"
             "graphs": ["compile=true", "compile_mode=reduce_overhead"],
@@ -116,7 +117,7 @@ def main() -> int:
     # and the JSON is rewritten after each cell, so a run stopped at its time limit keeps what it measured
     for variant in variants:
         for model in models:
-            if variant == "autograd" and model != "mlp":  # fused_mlp only changes the MLP's step
+            if variant.startswith("autograd") and model != "mlp":  # fused_mlp only changes the MLP's step
                 continue
             steps = {"mlp": 400, "conv": 200, "autoregressive": 100}[model] if gpu else \
                 {"mlp": 100, "conv": 20, "autoregressive": 4}[model]

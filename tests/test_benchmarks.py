@@ -25,7 +25,7 @@ def test_train_speed_prints_a_table_and_writes_json(tmp_path):
 def test_train_speed_rejects_an_unknown_variant(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_speed.py"), "--device", "cpu",
                            "--variants", "fp8"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "unknown variant 'fp8'; choose from fp32, autograd, bf16, compile" in proc.stderr
+    assert proc.returncode == 2 and "unknown variant 'fp8'; choose from fp32, autograd, bf16, autograd+bf16, compile" in proc.stderr
 
 
 def test_gpu_check_says_when_there_is_no_gpu():

@@ -185,8 +185,8 @@ def _nan_at(monkeypatch, steps: set[int]):
 
     real_pass = train_module.fused_pass
 
-    def faulty_pass(model):  # the MLP's written-out pass (fused_mlp=true) skips elbo_terms
-        pass_ = real_pass(model)
+    def faulty_pass(model, autocast=None):  # the MLP's written-out pass (fused_mlp=true) skips elbo_terms
+        pass_ = real_pass(model, autocast)
         if pass_ is None:
             return None
 

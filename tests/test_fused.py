@@ -92,6 +92,39 @@ def test_one_hidden_layer_and_deep_stacks():
     _compare(_vae(hidden=(24, 16, 12, 8)), _data("bernoulli"))
 
 
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_bf16_pass_is_autocast_autograd_bit_for_bit(activation, likelihood):
+    """precision=bf16: the layers' products, activations and their backward in bfloat16 with
+    autocast's casts, everything between the networks in float32. The same ATen kernels on the
+    same inputs as autograd through ``elbo_terms(..., torch.bfloat16)``: identical loss, terms and
+    gradients (float32 tensors), and not those of the float32 pass."""
+    vae = _vae(activation, likelihood, hidden=(48, 24), shape=(1, 12, 10))
+    x = _data(likelihood, (1, 12, 10), b=32)
+    torch.manual_seed(7)
+    terms = elbo_terms(vae, x, torch.bfloat16)
+    loss = training_loss(terms, 0.7, 0.05)
+    ref = torch.autograd.grad(loss, list(vae.parameters()))
+    for dtype, same in ((torch.bfloat16, True), (None, False)):
+        pass_ = fused_pass(vae, dtype)
+        for p in vae.parameters():
+            p.grad = None
+        torch.manual_seed(7)
+        floss, fterms = pass_(x, 0.7, 0.05)
+        assert fterms.mu.dtype == floss.dtype == torch.float32
+        assert all(p.grad.dtype == torch.float32 and p.grad.is_contiguous() for p in vae.parameters())
+        assert torch.equal(floss, loss.detach()) is same
+        assert torch.equal(fterms.mu, terms.mu.detach()) is same
+        assert torch.equal(fterms.recon, terms.recon.detach()) is same
+        for (name, p), g in zip(vae.named_parameters(), ref):
+            if same:
+                assert torch.equal(p.grad, g), name
+            else:  # float32 differs from bf16 by its rounding (up to ~5 % here: ReLU masks flip), not more
+                assert float((p.grad - g).norm()) <= 0.1 * float(g.norm()), name
+        if not same:
+            assert not all(torch.equal(p.grad, g) for p, g in zip(vae.parameters(), ref))
+
+
 @pytest.mark.parametrize("case", ["conv", "learned_sigma"])
 def test_no_pass_where_it_does_not_apply(case):
     if case == "conv":
@@ -108,7 +141,7 @@ def test_likelihood_registry_is_covered():
 
 
 @pytest.mark.parametrize("overrides,used", [([], True), (["fused_mlp=false"], False), (["model=conv"], False),
-                                            (["compile=true"], False), (["precision=bf16"], False),
+                                            (["compile=true"], False), (["precision=bf16"], True),
                                             (["likelihood=gaussian", "likelihood.learn_sigma=global"], False)])
 def test_build_uses_the_pass_for_mlp_models_unless_switched_off(overrides, used):
     from conftest import TINY, compose
@@ -121,11 +154,13 @@ def test_build_uses_the_pass_for_mlp_models_unless_switched_off(overrides, used)
 @pytest.mark.parametrize("activation", ["relu", "tanh", "elu"])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 @pytest.mark.parametrize("unit_input", [False, True])
-def test_gradient_bound_bounds_every_gradient(activation, likelihood, unit_input):
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16])
+def test_gradient_bound_bounds_every_gradient(activation, likelihood, unit_input, autocast):
     """The finiteness guard trusts gradient_bound(): no gradient entry may exceed it, also where
-    it takes the norms of x in [0, 1] and of Bernoulli's x − σ(η) as known (unit_input)."""
+    it takes the norms of x in [0, 1] and of Bernoulli's x − σ(η) as known (unit_input), and
+    in bf16, whose factors and products are rounded to 8 bits."""
     vae = _vae(activation, likelihood, hidden=(32, 16), shape=(2, 4, 4))
-    pass_ = fused_pass(vae)
+    pass_ = fused_pass(vae, autocast)
     for scale in (1.0, 4.0, 0.1):  # ordinary, large and small weights
         with torch.no_grad():
             for p in vae.parameters():
@@ -145,14 +180,15 @@ def test_the_known_bernoulli_gradient_norm_covers_a_saturated_output():
     """Every output logit at +12 while every pixel is 0: each entry of x − σ(η) is about −1, so each
     output-bias gradient is about 1 (the batch mean): the largest gradient there can be, and the
     bound, which takes ‖x − σ(η)‖/n as √(numel)/n without reading it, must still cover it."""
-    vae = _vae("relu", hidden=(8,), shape=(1, 6, 5))
-    with torch.no_grad():
-        vae.decoder.net[-1].weight.zero_(), vae.decoder.net[-1].bias.fill_(12.0)
-    pass_ = fused_pass(vae)
-    pass_(torch.zeros(16, 1, 6, 5), 1.0, 0.0, unit_input=True)
-    largest = float(vae.decoder.net[-1].bias.grad.abs().max())
-    assert largest > 0.99
-    assert largest <= float(pass_.gradient_bound())
+    for autocast, b in ((None, 16), (torch.bfloat16, 48)):  # 1/48 is not a bf16 number: it rounds up
+        vae = _vae("relu", hidden=(8,), shape=(1, 6, 5))
+        with torch.no_grad():
+            vae.decoder.net[-1].weight.zero_(), vae.decoder.net[-1].bias.fill_(12.0)
+        pass_ = fused_pass(vae, autocast)
+        pass_(torch.zeros(b, 1, 6, 5), 1.0, 0.0, unit_input=True)
+        largest = float(vae.decoder.net[-1].bias.grad.abs().max())
+        assert largest > 0.99
+        assert largest <= float(pass_.gradient_bound())
 
 
 def _tanh_step(need_norm: bool, w_out: float):
@@ -203,3 +239,29 @@ def test_gradient_bound_covers_a_bias_whose_layer_input_is_zero():
     nonzero = [name for name, p in vae.named_parameters() if p.grad.abs().max() > 0]
     assert nonzero == ["decoder.net.2.bias"]
     assert float(vae.decoder.net[2].bias.grad.abs().max()) <= float(pass_.gradient_bound())
+
+
+def test_a_bf16_run_through_the_pass_is_the_autograd_bf16_run(tmp_path):
+    """precision=bf16 with the written-out pass (fused_mlp=true) and through autograd
+    (fused_mlp=false): the same logged losses, terms and validation numbers, step for step
+    (the pass is autocast autograd's arithmetic; tests/test_reference.py compares float32 runs
+    with a plain loop)."""
+    from conftest import TINY, compose
+    from vaerun.runs import RunFolder
+    from vaerun.session import train
+
+    runs = {}
+    for fused in ("true", "false"):
+        cfg, resolved = compose([*TINY, "precision=bf16", f"fused_mlp={fused}", "max_steps=12", "log_every=1",
+                                 "eval_every=6", "sample_every=1000", "schedule=linear", "schedule.warmup_steps=4",
+                                 "free_bits=0.05", "optimizer.lr=3e-3", "pictures.latents=false",
+                                 "pictures.traverse=false"])
+        assert train(cfg, RunFolder(tmp_path / fused), resolved)["status"] == "completed"
+        runs[fused] = RunFolder(tmp_path / fused)
+    keys = ("loss", "recon", "kl", "kl_per_dim")
+    for split, n in (("train", 12), ("val", 2)):
+        a, b = runs["true"].read_metrics(split), runs["false"].read_metrics(split)
+        assert len(a) == len(b) == n
+        assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b], split
+    train_loss = [r["recon"] for r in runs["true"].read_metrics("train")]
+    assert train_loss[-1] < train_loss[0]  # a real trajectory: it trains

@@ -171,7 +171,8 @@ def build(cfg: TrainConfig) -> Parts:
         log.warning("compile_mode=%s on %s: its CUDA graphs need a CUDA device, so this compiles as "
                     "compile_mode=default would (the first steps still pay the compilation)",
                     cfg.compile_mode.name, device.type)
-    fused = fused_pass(model) if cfg.fused_mlp and not cfg.compile and cfg.precision.value != "bf16" else None
+    fused = (fused_pass(model, torch.bfloat16 if cfg.precision.value == "bf16" else None)
+             if cfg.fused_mlp and not cfg.compile else None)
     if device.type == "cuda" and not cfg.compile and fused is None:  # the MLP's written-out pass beats graphs there
         log.info("training on CUDA eagerly: small models' steps wait on kernel launches there; "
                  "compile=true compile_mode=reduce_overhead replays them as CUDA graphs (1.7x faster for "

@@ -63,39 +63,53 @@ class Stack:
             else:
                 raise TypeError(f"no fused pass for {type(m).__name__}")
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, list]:
+    def forward(self, h: torch.Tensor, dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, list]:
+        """``dtype`` (e.g. torch.bfloat16): each layer runs as under autocast to it (input, weight
+        and bias cast, the product and the activation in that dtype); the output is in it."""
         saved = []
         for lin, act in self.layers:
-            pre = torch.addmm(lin.bias, h, lin.weight.t()) if lin.bias is not None else h.mm(lin.weight.t())
+            w, b = lin.weight, lin.bias
+            if dtype is not None:
+                h, w, b = h.to(dtype), w.to(dtype), b.to(dtype) if b is not None else None
+            pre = torch.addmm(b, h, w.t()) if b is not None else h.mm(w.t())
             if act is None:
                 post = pre
             elif isinstance(act, nn.ReLU):  # the output is the mask relu's backward reads: no copy kept
                 post = pre = torch.relu_(pre)
             else:
                 post = act(pre)
-            saved.append((h, pre, post))
+            saved.append((h, pre, post, w))
             h = post
         return h, saved
 
     def backward(self, saved: list, g: torch.Tensor, need_input: bool, factors: list) -> Optional[torch.Tensor]:
-        """``factors`` gets each layer's (g, h): its weight gradient is g^T h, its bias gradient g summed."""
+        """``factors`` gets each layer's (g, h): its weight gradient is g^T h, its bias gradient g
+        summed. ``g`` is cast to the forward's dtype first, and each parameter's gradient back to the
+        parameter's dtype (what autograd does through autocast's casts)."""
+        g = g.to(saved[-1][0].dtype)
         for i in range(len(self.layers) - 1, -1, -1):
-            (lin, act), (h, pre, post) = self.layers[i], saved[i]
+            (lin, act), (h, pre, post, w) = self.layers[i], saved[i]
             if act is not None:
                 g = _act_backward(act, g, pre, post)
             factors.append((g, h))
-            lin.weight.grad = g.t().mm(h)                   # (out, in)
+            lin.weight.grad = g.t().mm(h).to(lin.weight.dtype)      # (out, in)
             if lin.bias is not None:
-                lin.bias.grad = g.sum(0)                    # (out,)
+                lin.bias.grad = g.sum(0).to(lin.bias.dtype)          # (out,)
             if i > 0 or need_input:
-                g = g.mm(lin.weight)                        # (B, in)
+                g = g.mm(w)                                           # (B, in)
         return g if need_input else None
 
 
-def fused_pass(model: VAE) -> Optional[Callable]:
+def fused_pass(model: VAE, autocast: Optional[torch.dtype] = None) -> Optional[Callable]:
     """``pass_(x, beta, free_bits, capacity) -> (loss, terms)`` that also writes every
     parameter's ``.grad`` (the gradient of ``loss``, as ``loss.backward()`` would after
     zero_grad), or None where the model is not an MLP VAE this pass covers.
+
+    ``autocast`` (torch.bfloat16 for ``precision=bf16``): the encoder and decoder layers run as
+    under ``torch.autocast`` to that dtype and everything between them in float32, as
+    :func:`vaerun.objectives.elbo_terms` with ``autocast`` does: μ and log σ² are float32 copies
+    of the encoder's output, z is cast at the decoder's first product, the likelihood reads the
+    decoder's output in float32, and each gradient passes the same casts backwards.
 
     ``pass_.gradient_bound()`` then bounds every gradient of that call without reading them:
     a float B with |every entry| ≤ B, and |every partial sum formed on the way| ≤ B. Each
@@ -116,6 +130,9 @@ def fused_pass(model: VAE) -> Optional[Callable]:
         return None
 
     last: list = []  # the last call's (g, h) factors, for gradient_bound
+    # rounding: of the factors to the compute dtype (bf16 rounds ‖g‖ ≤ 1/n up by up to 2^-8), of
+    # the products' and sums' outputs and of the norms: a few units of that dtype's epsilon
+    slack = 1.0 + 4 * torch.finfo(autocast or torch.float32).eps
     batch = [1]      # and its batch size n
 
     def pass_(x: torch.Tensor, beta: float, free_bits: float, capacity: Optional[tuple[float, float]] = None,
@@ -126,20 +143,20 @@ def fused_pass(model: VAE) -> Optional[Callable]:
         reading either (their norms were a quarter each of the bound's memory traffic)."""
         with torch.no_grad():
             b = x.shape[0]
-            out, enc_saved = body.forward(x.flatten(1))               # (B, 2D)
-            mu, logvar = out.chunk(2, dim=1)                          # (B, D) each
+            out, enc_saved = body.forward(x.flatten(1), autocast)     # (B, 2D)
+            mu, logvar = out.to(x.dtype).chunk(2, dim=1)              # (B, D) each
             std = torch.exp(0.5 * logvar)
             eps = torch.randn_like(mu)                                # the draw VAE.reparameterize makes
             z = mu + std * eps                                        # (B, D)
-            params, dec_saved = net.forward(z)
-            params = params.view(b, *dec.out_shape)                   # (B, C*K, H, W)
+            params, dec_saved = net.forward(z, autocast)
+            params = params.to(x.dtype).view(b, *dec.out_shape)       # (B, C*K, H, W)
             log_p, g_params = model.likelihood.log_prob_grad(params, x)
             terms = Terms(-log_p, gaussian_kl(mu, logvar), mu, logvar)
             loss = training_loss(terms, beta, free_bits, capacity)
             last.clear()
             batch[0] = b
             g_z = net.backward(dec_saved, g_params.view(b, -1).neg_().div_(b), need_input=True,
-                               factors=last)                                                   # d loss / d z
+                               factors=last).to(z.dtype)                                       # d loss / d z
             w = kl_weights(terms.kl_per_dim, beta, free_bits, capacity, terms.batch_means()[1])  # d loss / d KL_bd
             g_kl_mu, g_kl_logvar = gaussian_kl_grad(mu, logvar)
             g_out = torch.cat([g_z + w * g_kl_mu, g_z * eps * 0.5 * std + w * g_kl_logvar], dim=1)  # (B, 2D)
@@ -166,7 +183,7 @@ def fused_pass(model: VAE) -> Optional[Callable]:
             g_norm = next(given) if isinstance(g, torch.Tensor) else g
             h_norm = next(given) if isinstance(h, torch.Tensor) else h
             bound = max(bound, g_norm * max(h_norm, root_n))
-        return bound
+        return bound * slack
 
     def gradient_bound() -> float:
         return bound_of(torch.stack(factor_norms()).tolist())
