@@ -197,3 +197,32 @@ def test_schedule_check_on_records():
     opt = checks(diagnose([*train(1.0), val], linear))["optimization"]
     assert opt["status"] == "ok" and "1 validation pass, too few" in opt["verdict"]
     assert opt["next_steps"] == ["eval_every=100"]
+
+
+def test_a_noisy_end_is_a_warning_with_averaging_and_a_real_fall_a_problem():
+    """The final ELBO below the best: 2-10 % without non-finite steps or spikes is the weights
+    wandering at the end (a warning whose first remedy is a weight average sized to the run), more
+    than 10 %, or any fall with instability, is optimization trouble (a problem, lower lr first)."""
+    from vaerun.diagnose import diagnose, ema_decay_for
+
+    def records(*elbos, events=0):
+        val = [{"split": "val", "step": 400 * (i + 1), "kl": 5.0, "kl_per_dim": [2.5, 2.5], "elbo": e, "mi": 2.0,
+                "active_units": 2, "aggregate_kl": 0.1} for i, e in enumerate(elbos)]
+        train = [{"split": "train", "step": 40 * (i + 1), "loss": 90.0, "beta": 1.0, "grad_norm": 5.0}
+                 for i in range(10 * len(elbos))]
+        return [*train, *val, *({"split": "event", "event": "non_finite", "step": 7} for _ in range(events))]
+
+    config = {"beta": 1.0, "optimizer": {"lr": 1e-3, "ema": 0.0, "lr_scheduler": "none"}}
+    noisy = checks(diagnose(records(-120.0, -100.0, -97.0, -100.0), config))["optimization"]   # 3.1 % below
+    assert noisy["status"] == "warning" and noisy["verdict"].startswith("noisy end of training: final ELBO -100.00")
+    assert noisy["next_steps"] == ["optimizer.ema=0.99", "optimizer.lr_scheduler=cosine", "optimizer.lr=0.00033"]
+    averaged = {"beta": 1.0, "optimizer": {"lr": 1e-3, "ema": 0.999, "lr_scheduler": "cosine"}}
+    assert checks(diagnose(records(-120.0, -100.0, -97.0, -100.0), averaged))["optimization"]["next_steps"] == \
+        ["optimizer.lr=0.00033"]                                       # the remedies it already has are not offered
+    fell = checks(diagnose(records(-120.0, -100.0, -97.0, -110.0), config))["optimization"]     # 13 % below
+    assert fell["status"] == "problem" and "fell from the best -97.00" in fell["verdict"]
+    assert fell["next_steps"][0] == "optimizer.lr=0.00033"
+    unstable = checks(diagnose(records(-120.0, -100.0, -97.0, -100.0, events=3), config))["optimization"]
+    assert unstable["status"] == "problem" and "3 non-finite steps" in unstable["verdict"]
+    assert checks(diagnose(records(-120.0, -100.0, -98.5, -99.0), config))["optimization"]["status"] == "ok"
+    assert [ema_decay_for(s) for s in (100, 1692, 6000, 100_000)] == [0.9, 0.99, 0.995, 0.9999]

@@ -140,7 +140,20 @@ def _spikes(values: list[float], factor: float) -> int:
                if math.isfinite(values[i]) and values[i] > factor * statistics.median(values[i - 10:i]) > 0)
 
 
-def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: float) -> dict:
+def ema_decay_for(steps: int) -> float:
+    """A weight-average decay whose window, 1/(1 − decay) steps, is about a twentieth of a run of
+    ``steps`` steps (at least 10), rounded to a usual value."""
+    window = max(10.0, steps / 20)
+    return min((0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999),
+               key=lambda d: abs(math.log(1 / (1 - d)) - math.log(window)))
+
+
+# a final ELBO this far below the best (relative) is a problem even without instability
+FALL_PROBLEM = 0.10
+
+
+def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: float, ema: float = 0.0,
+                  lr_scheduler: str = "none") -> dict:
     loss = [r["loss"] for r in train if isinstance(r.get("loss"), (int, float))]
     gn = [r["grad_norm"] for r in train if isinstance(r.get("grad_norm"), (int, float))]
     elbos = [v["elbo"] for v in vals]
@@ -154,12 +167,25 @@ def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: f
         issues.append(f"{len(events)} non-finite steps")
     if ev["loss_spikes"] + ev["grad_spikes"] > 2:
         issues.append(f"{ev['loss_spikes']} loss and {ev['grad_spikes']} gradient spikes")
-    if elbos and best - elbos[-1] > 0.02 * abs(best):
-        issues.append(f"final ELBO {elbos[-1]:.2f} fell from the best {best:.2f}")
+    fall = (best - elbos[-1]) / abs(best) if elbos and best != 0 else 0.0
+    fell = f"final ELBO {elbos[-1]:.2f} fell from the best {best:.2f}" if fall > 0.02 else None
+    if fell and (issues or fall > FALL_PROBLEM):
+        issues.append(fell)
     if issues:
         return verdict("optimization", "problem", "optimization trouble: " + "; ".join(issues), ev,
                        "signs of a learning rate too high for this model", [f"optimizer.lr={lr / 3:.2g}",
                                                                            "optimizer.grad_clip=1.0"])
+    if fell:  # no instability, a fall of 2-10 %: the last weights wander at this learning rate
+        steps = max((r["step"] for r in train), default=0) or max(v["step"] for v in vals)
+        remedies = [] if ema > 0 else [f"optimizer.ema={ema_decay_for(steps):g}"]
+        remedies += [] if lr_scheduler != "none" else ["optimizer.lr_scheduler=cosine"]
+        return verdict("optimization", "warning", f"noisy end of training: {fell}", ev,
+                       "no non-finite steps or spikes, but the last weights are worse than the best "
+                       f"({100 * fall:.1f} % of the ELBO): at this learning rate the weights keep moving "
+                       "around a good region. The best checkpoint is kept (checkpoints/best.pt); averaging the "
+                       "weights (evaluated on the average) or decaying the learning rate ends training in that "
+                       "region, a lower learning rate too, but it also learns slower",
+                       [*remedies, f"optimizer.lr={lr / 3:.2g}"])
     if elbos and len(late) > 1 and ev["late_gain_nats"] > 0.01 * abs(best):
         return verdict("optimization", "ok", "stable, and still improving at the end", ev,
                        "the ELBO rose by more than 1% over the last quarter: the run stopped early, or the "
@@ -223,9 +249,11 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
     thr = dg.get("collapse_threshold", 0.01)
     total = max(r["step"] for r in vals)
     early = int(dg.get("early_fraction", 0.2) * total)
-    beta, lr = config.get("beta", 1.0), config.get("optimizer", {}).get("lr", 1e-3)
+    opt = config.get("optimizer", {}) or {}
+    beta, lr = config.get("beta", 1.0), opt.get("lr", 1e-3)
     out = [_collapse(vals[-1], zdep, thr, beta, total, config.get("model", {}).get("name", "mlp")), _lagging(vals[-1]), _early_vanishing(vals, thr, early),
-           _imbalance(vals[-1], beta, thr), _optimization(train, vals, events, lr), _schedule(train, audit, config),
+           _imbalance(vals[-1], beta, thr), _optimization(train, vals, events, lr, opt.get("ema", 0.0) or 0.0,
+                                                                 opt.get("lr_scheduler", "none") or "none"), _schedule(train, audit, config),
            _likelihood(audit, config.get("likelihood", {}))]
     worst = max(out, key=lambda v: ORDER[v["status"]])
     headline = "healthy: no problem found" if worst["status"] == "ok" else worst["verdict"]
