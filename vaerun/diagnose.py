@@ -251,10 +251,11 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
     early = int(dg.get("early_fraction", 0.2) * total)
     opt = config.get("optimizer", {}) or {}
     beta, lr = config.get("beta", 1.0), opt.get("lr", 1e-3)
-    out = [_collapse(vals[-1], zdep, thr, beta, total, config.get("model", {}).get("name", "mlp")), _lagging(vals[-1]), _early_vanishing(vals, thr, early),
-           _imbalance(vals[-1], beta, thr), _optimization(train, vals, events, lr, opt.get("ema", 0.0) or 0.0,
-                                                                 opt.get("lr_scheduler", "none") or "none"), _schedule(train, audit, config),
-           _likelihood(audit, config.get("likelihood", {}))]
+    optimization = _optimization(train, vals, events, lr, opt.get("ema", 0.0) or 0.0,
+                                 opt.get("lr_scheduler", "none") or "none")
+    out = [_collapse(vals[-1], zdep, thr, beta, total, config.get("model", {}).get("name", "mlp")), _lagging(vals[-1]),
+           _early_vanishing(vals, thr, early), _imbalance(vals[-1], beta, thr), optimization,
+           _schedule(train, audit, config), _likelihood(audit, config.get("likelihood", {}))]
     worst = max(out, key=lambda v: ORDER[v["status"]])
     headline = "healthy: no problem found" if worst["status"] == "ok" else worst["verdict"]
     return {"overall": worst["status"], "headline": headline, "step": vals[-1]["step"], "verdicts": out}
