@@ -176,8 +176,7 @@ def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: f
                        "signs of a learning rate too high for this model", [f"optimizer.lr={lr / 3:.2g}",
                                                                            "optimizer.grad_clip=1.0"])
     if fell:  # no instability, a fall of 2-10 %: the last weights wander at this learning rate
-        steps = max((r["step"] for r in train), default=0) or max(v["step"] for v in vals)
-        remedies = [] if ema > 0 else [f"optimizer.ema={ema_decay_for(steps):g}"]
+        remedies = [] if ema > 0 else [f"optimizer.ema={ema_decay_for(vals[-1]['step']):g}"]  # the run's length
         remedies += [] if lr_scheduler != "none" else ["optimizer.lr_scheduler=cosine"]
         return verdict("optimization", "warning", f"noisy end of training: {fell}", ev,
                        "no non-finite steps or spikes, but the last weights are worse than the best "

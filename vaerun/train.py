@@ -96,6 +96,11 @@ def _flushed_fraction() -> float:
     return float((denormal * 1.0).view(torch.int32).eq(0).float().mean())
 
 
+def autocast_dtype(precision: str) -> Optional[torch.dtype]:
+    """The dtype the networks run in under ``precision`` (autocast), or None for float32 arithmetic."""
+    return torch.bfloat16 if precision == "bf16" else None
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX), where oneDNN's bf16 kernels are fast."""
     probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
@@ -171,8 +176,7 @@ def build(cfg: TrainConfig) -> Parts:
         log.warning("compile_mode=%s on %s: its CUDA graphs need a CUDA device, so this compiles as "
                     "compile_mode=default would (the first steps still pay the compilation)",
                     cfg.compile_mode.name, device.type)
-    fused = (fused_pass(model, torch.bfloat16 if cfg.precision.value == "bf16" else None)
-             if cfg.fused_mlp and not cfg.compile else None)
+    fused = fused_pass(model, autocast_dtype(cfg.precision.value)) if cfg.fused_mlp and not cfg.compile else None
     if device.type == "cuda" and not cfg.compile and fused is None:  # the MLP's written-out pass beats graphs there
         log.info("training on CUDA eagerly: small models' steps wait on kernel launches there; "
                  "compile=true compile_mode=reduce_overhead replays them as CUDA graphs (1.7x faster for "
@@ -202,7 +206,7 @@ def make_forward(model: VAE, device: torch.device, *, precision: str = "fp32", c
     are read before the next call overwrites them (the training step consumes them at once)."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    autocast = torch.bfloat16 if precision == "bf16" else None
+    autocast = autocast_dtype(precision)
 
     def forward(x: torch.Tensor) -> Terms:
         return elbo_terms(model, x, autocast)
