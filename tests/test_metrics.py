@@ -154,3 +154,46 @@ def test_the_piece_size_follows_the_widest_decoder_activation():
     mlp = build_vae("mlp", (1, 28, 28), build_likelihood("bernoulli", 1), latent_dim=4, hidden=[400], channels=[4],
                     kernel=4)
     assert mlp._decoder_row_bytes(torch.zeros(5, 4), None) == 784 * 4  # the 784 logits
+
+
+def test_nll_iw_on_a_subset_comes_with_the_elbo_of_that_subset():
+    """In training nll_iw covers the first ``iw_examples`` only, so the split's −elbo is not its
+    bound; ``iw_elbo`` is the ELBO on exactly those examples (the same draws as the whole pass)."""
+    from dataclasses import replace
+
+    from vaerun.data import Data, Split
+    from vaerun.train import evaluate
+
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(96, 1, 8, 8, generator=g) < 0.3).to(torch.uint8) * 255
+    val = (torch.rand(96, 1, 8, 8, generator=g) < torch.linspace(0.05, 0.6, 96).view(-1, 1, 1, 1)).to(torch.uint8)
+    data = Data("toy", Split(images), Split(val * 255), Split(images[:10]))   # val: sparse first, dense last
+    torch.manual_seed(0)
+    vae = build_vae("mlp", (1, 8, 8), build_likelihood("bernoulli", 1), latent_dim=3, hidden=[16],
+                    channels=[1], kernel=2)
+    with torch.no_grad():  # a near-point posterior: each example's ELBO barely depends on the draw of z
+        vae.encoder.head.bias[3:] = -30.0
+        vae.decoder.net[-1].bias.fill_(-2.0)   # pixels mostly off: an image's recon grows with its ink
+    kw = dict(mi_examples=50, iw_samples=20)
+    full = evaluate(vae, data, "val", 32, iw_examples=40, **kw)                   # 32 + 8 of the next batch
+    head = evaluate(vae, replace(data, val=data.val.head(40)), "val", 32, **kw)   # the subset alone
+    assert full["iw_n"] == 40 < full["n"] == 96
+    assert full["iw_elbo"] == pytest.approx(head["elbo"], rel=1e-6)
+    assert abs(full["iw_elbo"] - full["elbo"]) > 3                   # the subset's bound is not the split's
+    assert full["nll_iw"] == pytest.approx(head["nll_iw"], rel=1e-6)
+    assert full["nll_iw"] <= -full["iw_elbo"]                         # the IW bound is the tighter one
+    whole = evaluate(vae, data, "val", 32, **kw)                      # every example: the same set
+    assert whole["iw_n"] == whole["n"] and whole["iw_elbo"] == pytest.approx(whole["elbo"], rel=1e-9)
+
+
+def test_the_val_log_line_puts_a_subset_nll_iw_beside_its_own_bound(caplog):
+    from vaerun.progress import Reporter
+
+    rec = {"step": 300, "elbo": -94.8, "recon": 75.6, "kl": 19.2, "kl_per_dim": [1.0] * 4, "active_units": 4,
+           "mi": 3.0, "n": 1000, "nll_iw": 91.329, "iw_samples": 50, "iw_n": 256, "iw_elbo": -94.45}
+    with caplog.at_level("INFO", logger="vaerun"):
+        Reporter(300, bar=False).val(rec, best=True)
+        Reporter(300, bar=False).val({**rec, "iw_n": 1000, "iw_elbo": -94.8}, best=False)
+    subset, whole = (r.getMessage() for r in caplog.records)
+    assert "elbo -94.800" in subset and "nll_iw(K=50) 91.329 on 256 ex (−elbo 94.450 there)" in subset
+    assert whole.endswith("nll_iw(K=50) 91.329")   # the whole split: −elbo is the line's own

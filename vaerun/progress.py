@@ -67,7 +67,11 @@ class Reporter:
         d = len(rec["kl_per_dim"])
         if self._progress is not None:
             self._progress.update(self._task, au=f"{rec['active_units']}/{d}")
-        iw = f" | nll_iw(K={rec['iw_samples']}) {rec['nll_iw']:.3f}" if "nll_iw" in rec else ""
+        iw = ""
+        if "nll_iw" in rec:
+            iw = f" | nll_iw(K={rec['iw_samples']}) {rec['nll_iw']:.3f}"
+            if rec.get("iw_n", rec["n"]) < rec["n"] and "iw_elbo" in rec:  # a subset: its own −elbo beside it
+                iw += f" on {rec['iw_n']} ex (−elbo {-rec['iw_elbo']:.3f} there)"
         log.info("val @ step %d | elbo %.3f | recon %.3f | kl %.3f | active units %d/%d | mi %.3f%s%s",
                  rec["step"], rec["elbo"], rec["recon"], rec["kl"], rec["active_units"], d, rec["mi"], iw,
                  " | best so far" if best else "")

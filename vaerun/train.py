@@ -305,7 +305,9 @@ def evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float
 
     recon, kl, elbo, kl_per_dim: means per example, nats. active_units and au_variance from the
     posterior means of every example; mi over the first ``mi_examples``; nll_iw (K = iw_samples)
-    over the first ``iw_examples`` (all when None); bpd from −elbo, bpd_iw from nll_iw.
+    over the first ``iw_examples`` (all when None), with iw_elbo, the ELBO over those same examples
+    (nll_iw ≤ −iw_elbo in expectation; over a subset, −elbo of the whole split is not comparable);
+    bpd from −elbo, bpd_iw from nll_iw.
     ``loss`` is the β-weighted objective at the given β, for comparison only.
 
     Deterministic given the model and ``seed``: dynamic binarization and every Monte Carlo draw
@@ -331,6 +333,7 @@ def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: floa
     model.eval()
     gen = torch.Generator(device=data.train.images.device).manual_seed(seed + 104729)
     n_total, n, recon, kl_dim, penalty, mus, logvars, iw = len(data.split(split)), 0, 0.0, 0.0, 0.0, [], [], []
+    iw_bound = 0.0  # recon + kl summed over the examples nll_iw covers: −elbo on the same images
     for x in data.batches(split, batch_size, gen):
         t = elbo_terms(model, x, pieces=True)
         b = x.shape[0]
@@ -343,6 +346,7 @@ def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: floa
             take = b if iw_examples is None else min(b, iw_examples - n)
             with seeded_rng(seed + 15013 + n, x.device):  # its own stream: the ELBO is the same with or without IW
                 iw.append(iw_log_likelihood(model, x[:take], iw_samples))
+            iw_bound = iw_bound + t.recon[:take].double().sum() + t.kl_per_dim[:take].double().sum()
         n += b
         if on_batch is not None:
             on_batch(n, n_total)
@@ -360,8 +364,8 @@ def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: floa
     if labels is not None and labels.ndim == 2 and labels.shape[0] == n:   # ground-truth factors (shapes)
         out.update(mig(mu, labels, data.label_names))
     if iw:
-        nll = -torch.cat(iw).mean().item()
-        out.update(nll_iw=nll, iw_samples=iw_samples, iw_n=sum(len(v) for v in iw),
+        nll, iw_n = -torch.cat(iw).mean().item(), sum(len(v) for v in iw)
+        out.update(nll_iw=nll, iw_samples=iw_samples, iw_n=iw_n, iw_elbo=-(iw_bound / iw_n).item(),
                    bpd_iw=bits_per_dim(nll, dims, continuous))
     return out
 
