@@ -78,6 +78,37 @@ def test_compare_json_round_trips_and_csv(beta_sweep):
     assert [float(r["beta"]) for r in table] == [0.5, 1.0, 2.0]
 
 
+@pytest.mark.parametrize("columns", [None, "100", "60"])
+def test_the_compare_table_never_cuts_a_number(beta_sweep, monkeypatch, capsys, columns):
+    """Off a terminal the table is as wide as it needs; on a narrow one (COLUMNS) it turns into
+    one column per configuration, split into as many tables as it takes, every number whole."""
+    from vaerun.commands import compare_main
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    compare_main([str(beta_sweep), "--format", "json", "--no-report"])
+    rows = json.loads(capsys.readouterr().out)
+    if columns:
+        monkeypatch.setenv("COLUMNS", columns)
+    keys = "beta,model.name,likelihood.name,optimizer.name,optimizer.lr,schedule.name"   # 16 columns
+    compare_main([str(beta_sweep), "--no-report", "--keys", keys])
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    names = [*keys.split(","), "runs", "status", "elbo", "recon", "kl", "active_units", "mi", "nll_iw", "wall_time_s", "diagnosis"]
+    for r in rows:
+        for m in ("elbo", "recon", "kl", "mi", "nll_iw", "wall_time_s"):
+            assert f"{r[m]:.3f}" in text, (m, r[m])
+    assert "…" not in text
+    if columns is None:   # one row per configuration, all columns on one header line
+        header = next(line for line in lines if "elbo" in line)
+        assert all(n in header for n in names) and sum("completed" in line for line in lines) == 3
+    else:                 # turned: one line per column name, as wide as the terminal at most
+        assert max(len(line) for line in lines) <= int(columns)
+        for n in names:
+            assert any(line.startswith(f"│ {n} ") for line in lines), n
+        if columns == "60":
+            assert "(continued: configuration 3)" in text
+
+
 def test_failed_and_incomplete_runs_show_as_such(beta_sweep, tmp_path):
     import shutil
 

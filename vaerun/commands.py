@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Optional
 
 
-def _console():
-    """rich's console; off a terminal (pipes, files) 140 columns instead of 80, so tables stay readable."""
+def _console(table=None):
+    """rich's console. Off a terminal (pipes, files) there is no width to fit: 140 columns instead of
+    80, or as wide as ``table`` needs, so a table is never squeezed into truncated numbers."""
     import os
 
     from rich.console import Console
@@ -14,7 +16,50 @@ def _console():
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=140)
+        if table is not None:
+            console = Console(width=max(140, Console(width=100_000).measure(table).maximum))
     return console
+
+
+def _fit_tables(title: str, cols: list[str], cells: list[list[str]], styles: list, numeric: set[int],
+                limit: Optional[int]) -> list:
+    """The compare table as rich tables at most ``limit`` columns wide. One row per configuration
+    when it fits (always when ``limit`` is None: off a terminal the width follows the table); on a
+    narrower terminal it turns: one row per column name, one column per configuration, as many
+    configurations side by side as fit, then the next table. No number, status or diagnosis is
+    ever cut; only a config value longer than 24 characters is shortened ("…")."""
+    from rich.console import Console
+    from rich.table import Table
+
+    wide = Table(title=title)
+    for i, c in enumerate(cols):  # numbers whole; text (config values, diagnosis) may wrap at its spaces
+        wide.add_column(c, justify="right" if i in numeric or c == "runs" else "left", no_wrap=i in numeric)
+    for row, style in zip(cells, styles):
+        wide.add_row(*row, style=style)
+    if limit is None or Console(width=100_000).measure(wide).minimum <= limit:
+        return [wide]
+    config = {i for i, c in enumerate(cols) if i not in numeric and c not in ("runs", "status", "diagnosis")}
+    short = [[v[:23] + "…" if i in config and len(v) > 24 else v for i, v in enumerate(row)] for row in cells]
+    label = max(len(c) for c in cols)
+    wrap = {i for i, c in enumerate(cols) if c == "diagnosis"}  # the one long text: wraps at its spaces
+    widths = [max(len(str(r + 1)), *(len(w) for i, v in enumerate(row) for w in (v.split() if i in wrap else [v])))
+              for r, row in enumerate(short)]
+    groups: list[list[int]] = [[]]
+    for r, w in enumerate(widths):
+        if groups[-1] and label + 4 + sum(widths[k] + 3 for k in groups[-1]) + w + 3 > limit:
+            groups.append([])
+        groups[-1].append(r)
+    tables = []
+    for g, group in enumerate(groups):
+        rest = f" {group[0] + 1}" if len(group) == 1 else f"s {group[0] + 1}–{group[-1] + 1}"
+        t = Table(title=title if g == 0 else f"(continued: configuration{rest})")
+        t.add_column("", no_wrap=True, style="bold")
+        for r in group:
+            t.add_column(str(r + 1), justify="right", width=widths[r], style=styles[r])
+        for i, c in enumerate(cols):
+            t.add_row(c, *(short[r][i] for r in group))
+        tables.append(t)
+    return tables
 
 
 def _open(path: str, device: str):
@@ -172,20 +217,20 @@ def compare_main(argv: list[str]) -> int:
         w.writeheader()
         w.writerows(table)
     else:
-        from rich.table import Table
+        import os
 
         cols, cells = report.table_cells(table, keys)
         shown = "" if keys == [k for k in every if a.no_aggregate or k != "seed"] else (f", showing {', '.join(keys)} (--keys to choose; all in report.md)"
                                           if a.keys is None else f"; columns: {', '.join(keys)}")
         title = (f"{len(runs)} runs · differing keys: {', '.join(every) or 'none'}" if len(every) <= report.MAX_KEY_COLUMNS
                  else f"{len(runs)} runs · {len(every)} differing keys") + shown
-        t = Table(title=title)
-        for c in cols:
-            t.add_column(c, justify="right" if c in (*report.METRICS, *report.OPTIONAL_METRICS, "runs", "wall_time_s") else "left")
         colors = {"completed": "green", "failed": "red", "interrupted": "yellow", "incomplete": "yellow"}
-        for row, c in zip(table, cells):
-            t.add_row(*c, style=None if row["status"] == "completed" else colors.get(row["status"].split("/")[0]))
-        _console().print(t)
+        styles = [None if row["status"] == "completed" else colors.get(row["status"].split("/")[0]) for row in table]
+        numeric = {i for i, c in enumerate(cols) if c in (*report.METRICS, *report.OPTIONAL_METRICS, "wall_time_s")}
+        console = _console()
+        limit = console.width if console.is_terminal or "COLUMNS" in os.environ else None  # else: as wide as needed
+        for t in _fit_tables(title, cols, cells, styles, numeric, limit):
+            _console(t).print(t)
     if not a.no_report:
         out = __import__("pathlib").Path(a.out) if a.out else report.common_parent(a.paths)
         html_path, md_path = report.write_reports(runs, table, out, keys)
