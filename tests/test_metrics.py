@@ -86,7 +86,9 @@ def test_mutual_information_is_zero_for_the_prior_and_large_for_sharp_posteriors
     prior_like = mutual_information(torch.zeros(500, 2), torch.zeros(500, 2))
     sharp = mutual_information(torch.randn(500, 2) * 3, torch.full((500, 2), -8.0))
     assert prior_like < 0.05
-    assert sharp > math.log(500) - 0.5 and sharp <= math.log(500) + 1e-6  # capped by log N
+    # capped by log N, up to the noise of E_q log q(z|x) taken in closed form (He et al.'s estimator):
+    # 0.5 (‖ε‖² − D) per example, so a standard deviation of √(D / 2N) over N examples
+    assert abs(sharp - math.log(500)) < 4 * math.sqrt(2 / (2 * 500))
 
 
 def test_bits_per_dim_and_the_aggregate_gap():
