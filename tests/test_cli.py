@@ -48,6 +48,8 @@ def test_cfg_job_prints_the_composed_config():
     ("betta=2", "betta", "beta=2"),                          # typo'd key
     ("beta=abc", "beta", "beta=1.0"),                        # wrong type
     ("model=convv", "model", "model=conv"),                  # unknown option
+    ("schedule=cosine", "schedule", "fix: optimizer.lr_scheduler=cosine ('cosine' is a choice there)"),
+    ("model=gaussian", "model", "fix: likelihood=gaussian ("),   # another group's option
     ("beta=-1", "beta", "beta=1"),                           # invalid value
     ("batch_size=0", "batch_size", "batch_size=128"),        # invalid value
     ("model.latent_dimm=4", "model.latent_dimm", "model.latent_dim=4"),

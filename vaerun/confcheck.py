@@ -52,6 +52,31 @@ def _suggest(word: str, choices: list[str]) -> Optional[str]:
     return close[0] if close else None
 
 
+def _accepted_elsewhere(value: str, group: str, defaults) -> list[str]:
+    """Where else ``value`` is a valid choice: another config group's option (``model=gaussian``
+    means ``likelihood=gaussian``) or the value of a key with fixed choices (``schedule=cosine``
+    means ``optimizer.lr_scheduler=cosine``)."""
+    from enum import Enum
+
+    from omegaconf import DictConfig
+
+    found = [f"{g}={value}" for g in (*GROUPS, "experiment") if g != group and value in available_options(g)]
+
+    def walk(node, prefix: str) -> None:
+        for k in node.keys():
+            if k == "hydra":
+                continue
+            v = node[k]
+            if isinstance(v, DictConfig):
+                walk(v, f"{prefix}{k}.")
+            elif isinstance(v, Enum) and value in type(v).__members__ and not (k == "name" and prefix[:-1] in GROUPS):
+                found.append(f"{prefix}{k}={value}")
+
+    if defaults is not None:
+        walk(defaults, "")
+    return found
+
+
 def explain(exc: BaseException, overrides: list[str], defaults) -> str:
     """A one-screen message for a composition error (no traceback)."""
     cause = exc.__cause__ or exc.__context__ or exc
@@ -60,9 +85,12 @@ def explain(exc: BaseException, overrides: list[str], defaults) -> str:
     if missing:
         group, option = missing.group(1), missing.group(2)
         options = available_options(group) if group in (*GROUPS, "experiment") else []
-        best = _suggest(option, options) or (options[0] if options else "...")
+        close, elsewhere = _suggest(option, options), _accepted_elsewhere(option, group, defaults)
+        fix = f"{group}={close or (options[0] if options else '...')}"
+        if elsewhere:  # the option of another group or key: that first, a near miss in this group second
+            fix = f"{' or '.join(elsewhere)} ('{option}' is a choice there)" + (f", or {group}={close}" if close else "")
         return (f"{group}={option}: there is no {group} option '{option}'. Available: {', '.join(options)}.\n"
-                f"  fix: {group}={best}")
+                f"  fix: {fix}")
     full_key = getattr(cause, "full_key", None)
     first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     if full_key and "Could not override" in text or type(cause).__name__ in ("ConfigAttributeError", "ConfigKeyError"):
