@@ -226,3 +226,15 @@ def test_a_noisy_end_is_a_warning_with_averaging_and_a_real_fall_a_problem():
     assert unstable["status"] == "problem" and "3 non-finite steps" in unstable["verdict"]
     assert checks(diagnose(records(-120.0, -100.0, -98.5, -99.0), config))["optimization"]["status"] == "ok"
     assert [ema_decay_for(s) for s in (100, 1692, 6000, 100_000)] == [0.9, 0.99, 0.995, 0.9999]
+
+
+def test_a_run_still_improving_gets_a_concrete_longer_run():
+    """"Still improving at the end" offers ready-to-paste overrides: twice the run's own length
+    (in max_steps when it set them, else in epochs) and a higher rate only below 3e-3."""
+    from vaerun.diagnose import diagnose
+
+    val = [{"split": "val", "step": 100 * (i + 1), "kl": 5.0, "kl_per_dim": [2.5, 2.5], "elbo": -100.0 + 5 * i,
+            "mi": 2.0, "active_units": 2, "aggregate_kl": 0.1} for i in range(8)]
+    steps = lambda config: checks(diagnose(val, config))["optimization"]["next_steps"]   # noqa: E731
+    assert steps({"epochs": 12, "optimizer": {"lr": 1e-3}}) == ["epochs=24", "optimizer.lr=0.003"]
+    assert steps({"epochs": 12, "max_steps": 800, "optimizer": {"lr": 3e-3}}) == ["max_steps=1600"]

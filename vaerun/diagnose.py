@@ -152,8 +152,15 @@ def ema_decay_for(steps: int) -> float:
 FALL_PROBLEM = 0.10
 
 
+def _longer(config: dict, steps: int) -> str:
+    """The override that runs twice as long: ``max_steps`` when the run set it, else ``epochs``."""
+    if config.get("max_steps"):
+        return f"max_steps={2 * steps}"
+    return f"epochs={2 * int(config.get('epochs') or 1)}"
+
+
 def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: float, ema: float = 0.0,
-                  lr_scheduler: str = "none") -> dict:
+                  lr_scheduler: str = "none", longer: str = "epochs=<twice as many>") -> dict:
     loss = [r["loss"] for r in train if isinstance(r.get("loss"), (int, float))]
     gn = [r["grad_norm"] for r in train if isinstance(r.get("grad_norm"), (int, float))]
     elbos = [v["elbo"] for v in vals]
@@ -188,7 +195,7 @@ def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: f
     if elbos and len(late) > 1 and ev["late_gain_nats"] > 0.01 * abs(best):
         return verdict("optimization", "ok", "stable, and still improving at the end", ev,
                        "the ELBO rose by more than 1% over the last quarter: the run stopped early, or the "
-                       "learning rate is low", ["epochs=<more>", f"optimizer.lr={min(lr * 3, 3e-3):.2g}"])
+                       "learning rate is low", [longer, *([f"optimizer.lr={min(lr * 3, 3e-3):.2g}"] if lr < 3e-3 else [])])
     if len(elbos) < 3:
         return verdict("optimization", "ok", f"stable: no non-finite steps or spikes; {len(elbos)} validation "
                        f"pass{'es' if len(elbos) != 1 else ''}, too few to tell whether the ELBO settled", ev,
@@ -232,8 +239,12 @@ def _likelihood(audit: Optional[dict], cfg_lik: dict) -> dict:
     if wide:
         return verdict("likelihood", "warning", "blur: a wide fixed-σ Gaussian", ev, wide[0].split(":")[0],
                        ["likelihood.learn_sigma=global", f"likelihood.sigma={(cfg_lik.get('sigma') or 0.1) / 3:.2g}"])
-    return verdict("likelihood", "ok", "the likelihood suits the data", ev,
-                   "binary data with Bernoulli, or a Gaussian whose σ is not wide against the data")
+    name = cfg_lik.get("name")
+    why = ("binary data with a Bernoulli likelihood" if name == "bernoulli" and ev.get("binary_data") else
+           f"a Gaussian whose fixed σ={ev['sigma']:g} is not wide against the data's spread"
+           if name == "gaussian" and (cfg_lik.get("learn_sigma") or "none") == "none" and ev.get("sigma") is not None
+           else f"{name} likelihood{' (σ learned)' if name == 'gaussian' else ''}: no mismatch with the data found")
+    return verdict("likelihood", "ok", "the likelihood suits the data", ev, why)
 
 
 def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> dict:
@@ -251,7 +262,7 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
     opt = config.get("optimizer", {}) or {}
     beta, lr = config.get("beta", 1.0), opt.get("lr", 1e-3)
     optimization = _optimization(train, vals, events, lr, opt.get("ema", 0.0) or 0.0,
-                                 opt.get("lr_scheduler", "none") or "none")
+                                 opt.get("lr_scheduler", "none") or "none", _longer(config, total))
     out = [_collapse(vals[-1], zdep, thr, beta, total, config.get("model", {}).get("name", "mlp")), _lagging(vals[-1]),
            _early_vanishing(vals, thr, early), _imbalance(vals[-1], beta, thr), optimization,
            _schedule(train, audit, config), _likelihood(audit, config.get("likelihood", {}))]
