@@ -228,3 +228,19 @@ def test_a_sweep_started_again_keeps_its_completed_jobs(beta_sweep, tmp_path):
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "already holds a run (status completed); refusing to mix two runs" in refused.stdout + refused.stderr
     assert (tmp_path / "x" / "metrics.jsonl").read_bytes() == next(beta_sweep.glob("0_*/metrics.jsonl")).read_bytes()
+
+
+def test_rate_distortion_labels_points_by_beta_in_a_beta_sweep_else_by_a_legend():
+    def run(i, **config):
+        return {"config": {"beta": 1.0, **config}, "final": {"kl": 10.0 + i, "recon": 80.0 - i},
+                "status": "completed", "path": f"/runs/{i}"}
+
+    sweep = [run(i, beta=b) for i, b in enumerate((0.5, 2.0))]
+    fig = report.rate_distortion(sweep, ["beta"])
+    assert [t.get_text() for t in fig.axes[0].texts if t.get_text().startswith("β")] == ["β=0.5", "β=2.0"]
+    assert fig.axes[0].get_legend() is None
+    mixed = [run(0, **{"model.name": "mlp"}), run(1, **{"model.name": "conv"})]
+    fig = report.rate_distortion(mixed, ["model.name"])
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "1" in texts and "2" in texts and not any(t.startswith("β=") for t in texts)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["1: model.name=mlp", "2: model.name=conv"]

@@ -193,7 +193,8 @@ def _plt():
 
 
 def rate_distortion(runs: list[dict], keys: list[str]):
-    """KL (rate) against recon (distortion), one point per run labelled by β, with lines of equal ELBO."""
+    """KL (rate) against recon (distortion), one point per run, with lines of equal ELBO: labelled by
+    β in a β sweep, else numbered, with the differing config keys of each number in a legend."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     pts = [(r["final"]["kl"], r["final"]["recon"], r) for r in runs if r["final"]]
@@ -204,10 +205,14 @@ def rate_distortion(runs: list[dict], keys: list[str]):
         for level in [lo + (hi - lo) * f for f in (0, 0.5, 1)] if hi > lo else [lo]:
             ax.plot(xs, [level - x for x in xs], ls=":", lw=0.8, color="grey")
             ax.annotate(f"−ELBO={level:.1f}", (xs[0], level), fontsize=7, color="grey")
-        for k, c, r in pts:
-            ax.scatter(k, c, s=30)
-            ax.annotate(f"β={r['config'].get('beta')}" + (" (failed)" if r["status"] == "failed" else ""), (k, c),
+        by_beta = not keys or list(keys) == ["beta"]  # a β sweep: β beside each point; else numbers and a legend
+        for i, (k, c, r) in enumerate(pts, 1):
+            failed = " (failed)" if r["status"] == "failed" else ""
+            ax.scatter(k, c, s=30, label=None if by_beta else f"{i}: {_label(r, keys)}{failed}")
+            ax.annotate(f"β={r['config'].get('beta')}{failed}" if by_beta else str(i), (k, c),
                         textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if not by_beta:
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     ax.set_xlabel("rate: KL [nats]")
     ax.set_ylabel("distortion: recon [nats]")
     ax.set_title("rate–distortion (validation, final)", fontsize=10)
