@@ -238,3 +238,25 @@ def test_a_run_still_improving_gets_a_concrete_longer_run():
     steps = lambda config: checks(diagnose(val, config))["optimization"]["next_steps"]   # noqa: E731
     assert steps({"epochs": 12, "optimizer": {"lr": 1e-3}}) == ["epochs=24", "optimizer.lr=0.003"]
     assert steps({"epochs": 12, "max_steps": 800, "optimizer": {"lr": 3e-3}}) == ["max_steps=1600"]
+
+
+def test_blow_ups_lead_the_headline_and_the_advice_starts_from_the_rolled_back_rate():
+    """A run that rolled back three times (each halving lr 0.5) and then ended collapsed: the
+    headline names the blow-ups first (they can cause the collapse), and the learning rate
+    advised is a third of the rate the run ended at, 0.0625, not of the configured 0.5."""
+    from vaerun.diagnose import diagnose
+
+    kl = [0.001] * 4
+    vals = [{"split": "val", "step": 100 * (i + 1), "kl": sum(kl), "kl_per_dim": kl, "elbo": -230.0, "mi": 0.0,
+             "active_units": 0, "aggregate_kl": 0.0} for i in range(4)]
+    events = [{"split": "event", "event": "non_finite", "step": 3, "action": "rollback"} for _ in range(3)]
+    zdep = {"recon_posterior": 229.6, "recon_shuffled": 229.8, "recon_prior": 230.0, "shuffle_penalty": 0.2}
+    report = diagnose([*vals, *events], {"optimizer": {"lr": 0.5}, "beta": 1.0}, zdep)
+    opt = checks(report)["optimization"]
+    assert opt["evidence"]["rollbacks"] == 3 and opt["evidence"]["lr_after_rollbacks"] == 0.0625
+    assert opt["next_steps"][0] == "optimizer.lr=0.021"
+    assert checks(report)["posterior_collapse"]["status"] == "problem"
+    assert report["headline"].startswith("optimization trouble: 3 non-finite steps (it may also explain: "
+                                         "posterior_collapse")
+    calm = diagnose(vals, {"optimizer": {"lr": 1e-3}, "beta": 1.0}, zdep)   # no blow-up: collapse leads
+    assert calm["headline"].startswith("full collapse")

@@ -167,6 +167,10 @@ def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: f
     best = max(elbos) if elbos else float("nan")
     ev = {"non_finite_steps": len(events), "loss_spikes": _spikes(loss, 1.5), "grad_spikes": _spikes(gn, 10.0),
           "lr": lr, "final_elbo": round(elbos[-1], 3) if elbos else None, "best_elbo": round(best, 3)}
+    rolled = [e for e in events if e.get("action") == "rollback"]
+    if rolled:  # each rollback halved the rate: the run ended at lr / 2^k, and that is where advice starts
+        lr = lr * 0.5 ** len(rolled)
+        ev["rollbacks"], ev["lr_after_rollbacks"] = len(rolled), lr
     late = elbos[-max(2, len(elbos) // 4):]
     ev["late_gain_nats"] = round(late[-1] - late[0], 3) if len(late) > 1 else 0.0
     issues = []
@@ -268,6 +272,11 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
            _schedule(train, audit, config), _likelihood(audit, config.get("likelihood", {}))]
     worst = max(out, key=lambda v: ORDER[v["status"]])
     headline = "healthy: no problem found" if worst["status"] == "ok" else worst["verdict"]
+    unstable = optimization["evidence"]["non_finite_steps"] or optimization["evidence"]["loss_spikes"] + \
+        optimization["evidence"]["grad_spikes"] > 2
+    if optimization["status"] == "problem" and unstable:  # blow-ups first: they can cause the rest
+        others = [v["name"] for v in out if v["status"] == "problem" and v is not optimization]
+        headline = optimization["verdict"] + (f" (it may also explain: {', '.join(others)})" if others else "")
     return {"overall": worst["status"], "headline": headline, "step": vals[-1]["step"], "verdicts": out}
 
 
