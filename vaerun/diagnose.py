@@ -175,7 +175,7 @@ def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: f
     ev["late_gain_nats"] = round(late[-1] - late[0], 3) if len(late) > 1 else 0.0
     issues = []
     if events:
-        issues.append(f"{len(events)} non-finite steps")
+        issues.append(f"{len(events)} non-finite step{'' if len(events) == 1 else 's'}")
     if ev["loss_spikes"] + ev["grad_spikes"] > 2:
         issues.append(f"{ev['loss_spikes']} loss and {ev['grad_spikes']} gradient spikes")
     fall = (best - elbos[-1]) / abs(best) if elbos and best != 0 else 0.0
