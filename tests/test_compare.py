@@ -244,3 +244,25 @@ def test_rate_distortion_labels_points_by_beta_in_a_beta_sweep_else_by_a_legend(
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "1" in texts and "2" in texts and not any(t.startswith("β=") for t in texts)
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["1: model.name=mlp", "2: model.name=conv"]
+
+
+def test_a_subset_nll_iw_is_said_so_under_the_table(beta_sweep, tmp_path, capsys, monkeypatch):
+    """Training's nll_iw covers the first diagnostics.iw_examples images; when that is fewer than
+    the split, the table says so (its bound is iw_elbo, in the JSON), else it says nothing."""
+    import shutil
+
+    from vaerun.commands import compare_main
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    compare_main([str(beta_sweep), "--no-report", "--format", "json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert all(r["iw_n"] == r["n"] == 40 and r["iw_elbo"] == pytest.approx(r["elbo"], rel=1e-9) for r in rows)
+    compare_main([str(beta_sweep), "--no-report"])
+    assert "nll_iw: on the first" not in capsys.readouterr().out
+    dst = tmp_path / "run"
+    shutil.copytree(next(beta_sweep.glob("0_*")), dst)
+    summary = json.loads((dst / "summary.json").read_text())
+    summary["final_val"].update(iw_n=16, iw_elbo=summary["final_val"]["elbo"] - 1.0)
+    (dst / "summary.json").write_text(json.dumps(summary))
+    compare_main([str(dst), "--no-report"])
+    assert "nll_iw: on the first 16 validation images" in capsys.readouterr().out

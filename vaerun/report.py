@@ -118,6 +118,12 @@ def rows(runs: list[dict], aggregate_seeds: bool = True, columns: tuple[str, ...
             row[m] = statistics.fmean(vals) if vals else None
             if len(vals) > 1:
                 row[f"{m}_std"] = statistics.stdev(vals)
+        iw = [x["final"] for x in members if x["final"] and x["final"].get("iw_n") and x["final"].get("n")]
+        if iw:  # how many images nll_iw covers (training: the first iw_examples of the split) ...
+            row["iw_n"], row["n"] = min(f["iw_n"] for f in iw), min(f["n"] for f in iw)
+        bounds = [float(f["iw_elbo"]) for f in iw if isinstance(f.get("iw_elbo"), (int, float))]
+        if bounds:  # ... and its own bound there: the ELBO of those images (runs since 2026-11-28)
+            row["iw_elbo"] = statistics.fmean(bounds)
         walls = [x["summary"].get("wall_time_s") for x in members if x["summary"].get("wall_time_s") is not None]
         row["wall_time_s"] = statistics.fmean(walls) if walls else None
         row["diagnosis"] = " / ".join(dict.fromkeys(d for d in (_diagnosis(m["summary"]) for m in members) if d)) or None
