@@ -264,5 +264,7 @@ def test_a_subset_nll_iw_is_said_so_under_the_table(beta_sweep, tmp_path, capsys
     summary = json.loads((dst / "summary.json").read_text())
     summary["final_val"].update(iw_n=16, iw_elbo=summary["final_val"]["elbo"] - 1.0)
     (dst / "summary.json").write_text(json.dumps(summary))
-    compare_main([str(dst), "--no-report"])
+    compare_main([str(dst)])
     assert "nll_iw: on the first 16 validation images" in capsys.readouterr().out
+    assert "nll_iw: on the first 16 validation images" in (dst / "report.md").read_text()
+    assert "nll_iw: on the first 16 validation images" in (dst / "report.html").read_text()

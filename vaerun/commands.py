@@ -230,11 +230,7 @@ def compare_main(argv: list[str]) -> int:
         console = _console()
         limit = console.width if console.is_terminal or "COLUMNS" in os.environ else None  # else: as wide as needed
         tables = _fit_tables(title, cols, cells, styles, numeric, limit)
-        subset = [r for r in table if r.get("nll_iw") is not None and r.get("iw_n", 0) < r.get("n", 0)]
-        if subset:  # training's nll_iw covers the first iw_examples images; elbo the whole split
-            tables[-1].caption = (f"nll_iw: on the first {min(r['iw_n'] for r in subset)} validation images "
-                                  "(diagnostics.iw_examples), so its bound is −iw_elbo of those images "
-                                  "(--format json), not −elbo; vaerun eval RUN computes it on the whole split")
+        tables[-1].caption = report.iw_note(table)  # training's nll_iw covers a subset: say so
         for t in tables:
             _console(t).print(t)
     if not a.no_report:

@@ -133,6 +133,17 @@ def rows(runs: list[dict], aggregate_seeds: bool = True, columns: tuple[str, ...
     return out
 
 
+def iw_note(table: list[dict]) -> Optional[str]:
+    """A note for under the table when some row's nll_iw covers only part of the split (training
+    computes it on the first diagnostics.iw_examples images); None when every one covers it all."""
+    subset = [r for r in table if r.get("nll_iw") is not None and r.get("iw_n", 0) < r.get("n", 0)]
+    if not subset:
+        return None
+    return (f"nll_iw: on the first {min(r['iw_n'] for r in subset)} validation images (diagnostics.iw_examples), "
+            "so its bound is −iw_elbo of those images (--format json), not −elbo; vaerun eval RUN computes it "
+            "on the whole split")
+
+
 def _diagnosis(summary: dict) -> Optional[str]:
     """``ok``, or the overall status with the checks that set it: ``problem (posterior_collapse)``."""
     d = summary.get("diagnosis") or {}
@@ -294,6 +305,8 @@ def write_reports(runs: list[dict], table: list[dict], out: Path, keys: Optional
     md = ["# vaerun compare", "", f"{len(runs)} runs; config keys that differ: {', '.join(every) or 'none'}.", "",
           "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     md += ["| " + " | ".join(c) + " |" for c in cells]
+    note = iw_note(table)
+    md += ["", note] if note else []
     md += ["", "## Rate–distortion", "", "![rate-distortion](report_files/rate_distortion.png)", "",
            "## Curves", "", "![curves](report_files/curves.png)", "", "## KL per dimension", "",
            "![kl per dim](report_files/kl_per_dim.png)", "", "## Samples", ""]
@@ -311,7 +324,7 @@ def write_reports(runs: list[dict], table: list[dict], out: Path, keys: Optional
 
     rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in c_) + "</tr>" for c_ in cells)
     body = [f"<h1>vaerun compare</h1><p>{len(runs)} runs; config keys that differ: {html.escape(', '.join(every))}</p>",
-            "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + f"</tr>{rows_html}</table>",
+            "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + f"</tr>{rows_html}</table>" + (f"<p>{html.escape(note)}</p>" if note else ""),
             "<h2>Rate–distortion</h2>", img(files / "rate_distortion.png", "rate-distortion"),
             "<h2>Curves</h2>", img(files / "curves.png", "curves"),
             "<h2>KL per dimension</h2>", img(files / "kl_per_dim.png", "kl per dim"), "<h2>Samples</h2>",
