@@ -260,3 +260,28 @@ def test_blow_ups_lead_the_headline_and_the_advice_starts_from_the_rolled_back_r
                                          "posterior_collapse")
     calm = diagnose(vals, {"optimizer": {"lr": 1e-3}, "beta": 1.0}, zdep)   # no blow-up: collapse leads
     assert calm["headline"].startswith("full collapse")
+
+
+def test_collapse_remedies_fit_what_the_run_already_did():
+    """The warm-up and free-bits remedies are never the run's own settings: a run with a linear
+    warm-up is offered twice that warm-up (when it fits in half the run), one with free bits twice
+    the floor, a run without either the standard ones, sized to the run; the lagging encoder gets
+    aggressive training (He et al.) unless the run had it, and a third of its own rate."""
+    from vaerun.diagnose import diagnose
+
+    kl = [5.0, 3.0, 0.001, 0.002]   # a partial collapse
+    vals = [{"split": "val", "step": 1000 * (i + 1), "kl": sum(kl), "kl_per_dim": kl, "elbo": -100.0, "mi": 0.05,
+             "active_units": 2, "aggregate_kl": 0.1} for i in range(10)]
+
+    def steps(check, **config):
+        return checks(diagnose(vals, {"beta": 1.0, **config}))[check]["next_steps"]
+
+    assert steps("posterior_collapse", schedule={"name": "constant"}) == [
+        "schedule=linear schedule.warmup_steps=2000", "free_bits=0.25"]
+    assert steps("posterior_collapse", schedule={"name": "linear", "warmup_steps": 1000}, free_bits=0.25) == [
+        "schedule.warmup_steps=2000", "free_bits=0.5"]
+    assert steps("posterior_collapse", schedule={"name": "linear", "warmup_steps": 3000}) == ["free_bits=0.25"]
+    assert steps("lagging_encoder", schedule={"name": "cyclical"}, optimizer={"lr": 1e-3}) == [
+        "aggressive.enabled=true", "optimizer.lr=0.0003", "schedule=linear schedule.warmup_steps=2000"]
+    assert steps("lagging_encoder", schedule={"name": "linear", "warmup_steps": 5000}, optimizer={"lr": 3e-4},
+                 aggressive={"enabled": True}) == ["optimizer.lr=0.0001"]

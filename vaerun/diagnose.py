@@ -45,7 +45,26 @@ def z_dependence(model: VAE, data: Data, n: int = 500, seed: int = 0) -> dict:
 NEAR_TOTAL_NATS = 1.0  # a code with less than one nat in all tells apart fewer than ~3 inputs
 
 
-def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: int, model: str = "mlp") -> dict:
+def _kl_remedies(config: dict, total: int) -> list[str]:
+    """The standard remedies for vanishing KL, fitted to what the run already did: a KL warm-up
+    (linear over a fifth of the run, at least 1000 steps, never past half of it; twice the run's
+    own warm-up when it had one and that still fits) and free bits (0.25 nats per dim, or twice the
+    run's own floor)."""
+    sched = config.get("schedule") or {}
+    out = []
+    if sched.get("name") in ("linear", "sigmoid"):
+        longer = 2 * int(sched.get("warmup_steps") or 0)
+        if 0 < longer <= total // 2:
+            out.append(f"schedule.warmup_steps={longer}")
+    else:
+        out.append(f"schedule=linear schedule.warmup_steps={max(1, min(max(1000, total // 5), total // 2))}")
+    fb = float(config.get("free_bits") or 0.0)
+    out.append(f"free_bits={2 * fb:g}" if fb > 0 else "free_bits=0.25")
+    return out
+
+
+def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: int, model: str = "mlp",
+              config: Optional[dict] = None) -> dict:
     kl = val["kl_per_dim"]
     dead = [d for d, k in enumerate(kl) if k < thr]
     ev = {"kl_total": round(val["kl"], 4), "kl_per_dim": [round(k, 4) for k in kl], "collapsed_dims": dead,
@@ -54,7 +73,7 @@ def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: i
     if zdep:
         ev.update({k: round(v, 3) for k, v in zdep.items()})
         ignores = zdep["shuffle_penalty"] < max(1.0, 0.01 * abs(zdep["recon_posterior"]))
-    steps = [f"schedule=linear schedule.warmup_steps={max(1000, total // 5)}", "free_bits=0.25"]
+    steps = _kl_remedies(config or {}, total)
     if beta > 1:
         steps.insert(0, "beta=1")
     if len(dead) == len(kl) or (val.get("active_units") == 0):
@@ -65,13 +84,14 @@ def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: i
     if val["kl"] < NEAR_TOTAL_NATS:  # z can tell the decoder at most KL nats about x, on average
         weaker = ("model.ar_layers=2 model.ar_kernel=3 (or model.ar_cond=spatial)" if model == "autoregressive"
                   else "a weaker decoder, e.g. model.hidden=[256]")
-        fb = max(0.25, round(2.0 / len(kl), 2))
+        fb = max(0.25, round(2.0 / len(kl), 2), 2 * float((config or {}).get("free_bits") or 0.0))
         return verdict("posterior_collapse", "problem",
                        f"near-total collapse: the code carries {val['kl']:.2f} nats in all", ev,
                        f"{len(kl) - len(dead)} of {len(kl)} dims are above {thr} nats, but together they hold less "
                        f"than {NEAR_TOTAL_NATS:g} nat, so z can tell the decoder almost nothing about x"
                        + (" (shuffling z barely changes the reconstruction)" if ignores else ""),
-                       [f"free_bits={fb}", "aggressive.enabled=true", weaker, *steps[:1]])
+                       [f"free_bits={fb:g}", "aggressive.enabled=true", weaker,
+                        *[r for r in steps if r.startswith("schedule")]])
     if dead:
         return verdict("posterior_collapse", "warning", f"partial collapse: dims {dead} carry < {thr} nats", ev,
                        "unused dimensions are harmless when the rest suffice, but they mean the code is smaller "
@@ -83,12 +103,16 @@ def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: i
                    "every latent dimension has KL above the threshold and the decoder depends on z")
 
 
-def _lagging(val: dict) -> dict:
+def _lagging(val: dict, config: Optional[dict] = None, total: int = 0) -> dict:
     ev = {"kl": round(val["kl"], 4), "mi": round(val.get("mi", float("nan")), 4)}
     if val["kl"] > 0.5 and val.get("mi", 1.0) < 0.1:
+        config = config or {}
+        lr = float((config.get("optimizer") or {}).get("lr") or 1e-3)
+        steps = [] if (config.get("aggressive") or {}).get("enabled") else ["aggressive.enabled=true"]
+        steps += [f"optimizer.lr={min(3e-4, lr / 3):.2g}",
+                  *[r for r in _kl_remedies(config, total) if r.startswith("schedule")]]
         return verdict("lagging_encoder", "problem", "lagging encoder: KL without mutual information", ev,
-                       "posteriors differ from the prior but not between inputs (He et al. 2019)",
-                       ["optimizer.lr=3e-4", "schedule=linear schedule.warmup_steps=2000"])
+                       "posteriors differ from the prior but not between inputs (He et al. 2019)", steps)
     return verdict("lagging_encoder", "ok", "no sign: mutual information follows KL", ev,
                    "I(x; z) is not near zero while KL is positive")
 
@@ -267,7 +291,8 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
     beta, lr = config.get("beta", 1.0), opt.get("lr", 1e-3)
     optimization = _optimization(train, vals, events, lr, opt.get("ema", 0.0) or 0.0,
                                  opt.get("lr_scheduler", "none") or "none", _longer(config, total))
-    out = [_collapse(vals[-1], zdep, thr, beta, total, config.get("model", {}).get("name", "mlp")), _lagging(vals[-1]),
+    out = [_collapse(vals[-1], zdep, thr, beta, total, config.get("model", {}).get("name", "mlp"), config),
+           _lagging(vals[-1], config, total),
            _early_vanishing(vals, thr, early), _imbalance(vals[-1], beta, thr), optimization,
            _schedule(train, audit, config), _likelihood(audit, config.get("likelihood", {}))]
     worst = max(out, key=lambda v: ORDER[v["status"]])
