@@ -268,3 +268,22 @@ def test_a_subset_nll_iw_is_said_so_under_the_table(beta_sweep, tmp_path, capsys
     assert "nll_iw: on the first 16 validation images" in capsys.readouterr().out
     assert "nll_iw: on the first 16 validation images" in (dst / "report.md").read_text()
     assert "nll_iw: on the first 16 validation images" in (dst / "report.html").read_text()
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cyclical"])
+def test_the_beta_curve_is_the_schedule_at_every_step_and_matches_the_log(tmp_path, schedule):
+    """compare draws β from the run's schedule at every step (a short or cyclical run is drawn
+    whole, not at its logged steps); at each logged step it is the β the train record logged."""
+    out = vaerun("train", *TINY, "max_steps=24", "log_every=5", f"schedule={schedule}", "schedule.warmup_steps=10",
+                 "beta=2", f"out_dir={tmp_path}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    (run,) = report.load([str(tmp_path)])
+    steps, betas = report.beta_curve(run)
+    assert steps == list(range(1, 25))
+    logged = {x["step"]: x["beta"] for x in run["records"] if x.get("split") == "train"}
+    assert len(logged) >= 4
+    for step, beta in logged.items():
+        assert betas[step - 1] == pytest.approx(beta, abs=1e-12), step
+    assert max(betas) == pytest.approx(2.0)
+    if schedule == "cyclical":   # several rises and falls in 24 steps, which 5-step logging would blur
+        assert sum(b < a for a, b in zip(betas, betas[1:])) >= 2

@@ -238,16 +238,35 @@ def rate_distortion(runs: list[dict], keys: list[str]):
     return fig
 
 
+def beta_curve(run: dict) -> tuple[list[int], list[float]]:
+    """β at every step of the run (step s trains at schedule(s − 1)), from its config and its
+    length, so a short or cyclical schedule is drawn whole rather than at the logged steps; the
+    logged β of the train records when the config does not say (a folder without config.yaml)."""
+    from vaerun.schedules import build_schedule
+
+    c, total = run["config"], run["summary"].get("total_steps")
+    try:
+        sched = build_schedule(c["schedule.name"], beta=float(c["beta"]), beta_start=float(c.get("schedule.beta_start", 0.0)),
+                               warmup_steps=int(c.get("schedule.warmup_steps", 1000)),
+                               delay_steps=int(c.get("schedule.delay_steps", 0)), cycles=int(c.get("schedule.cycles", 4)),
+                               ratio=float(c.get("schedule.ratio", 0.5)), total_steps=int(total))
+    except (KeyError, TypeError, ValueError):
+        train = [x for x in run["records"] if x.get("split") == "train"]
+        return [x["step"] for x in train], [x["beta"] for x in train]
+    every = max(1, int(total) // 2000)  # at most ~2,000 points; cycles stay sharp
+    steps = list(range(1, int(total) + 1, every))
+    return steps, [sched(s - 1) for s in steps]
+
+
 def curves(runs: list[dict], keys: list[str]):
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     for r in runs:
         vals = [x for x in r["records"] if x.get("split") == "val"]
-        train = [x for x in r["records"] if x.get("split") == "train"]
         label = _label(r, keys)
         axes[0].plot([x["step"] for x in vals], [x["recon"] for x in vals], marker=".", label=label)
         axes[1].plot([x["step"] for x in vals], [x["kl"] for x in vals], marker=".", label=label)
-        axes[2].plot([x["step"] for x in train], [x["beta"] for x in train], label=label)
+        axes[2].plot(*beta_curve(r), label=label)
     from vaerun.plots import style_axes
 
     style_axes(axes, ("validation recon [nats]", "validation KL [nats]", "β"))
