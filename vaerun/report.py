@@ -241,10 +241,14 @@ def rate_distortion(runs: list[dict], keys: list[str]):
 def beta_curve(run: dict) -> tuple[list[int], list[float]]:
     """β at every step of the run (step s trains at schedule(s − 1)), from its config and its
     length, so a short or cyclical schedule is drawn whole rather than at the logged steps; the
-    logged β of the train records when the config does not say (a folder without config.yaml)."""
+    logged β of the train records when the config does not say (a folder without config.yaml). An
+    unfinished run's curve ends at its last record; the schedule still spans the planned run."""
     from vaerun.schedules import build_schedule
 
     c, total = run["config"], run["summary"].get("total_steps")
+    end = total
+    if run["status"] != "completed":  # an unfinished run: only as far as it got
+        end = max((x["step"] for x in run["records"] if isinstance(x.get("step"), int)), default=total)
     try:
         sched = build_schedule(c["schedule.name"], beta=float(c["beta"]), beta_start=float(c.get("schedule.beta_start", 0.0)),
                                warmup_steps=int(c.get("schedule.warmup_steps", 1000)),
@@ -253,8 +257,8 @@ def beta_curve(run: dict) -> tuple[list[int], list[float]]:
     except (KeyError, TypeError, ValueError):
         train = [x for x in run["records"] if x.get("split") == "train"]
         return [x["step"] for x in train], [x["beta"] for x in train]
-    every = max(1, int(total) // 2000)  # at most ~2,000 points; cycles stay sharp
-    steps = list(range(1, int(total) + 1, every))
+    every = max(1, int(end) // 2000)  # at most ~2,000 points; cycles stay sharp
+    steps = list(range(1, int(end) + 1, every))
     return steps, [sched(s - 1) for s in steps]
 
 
