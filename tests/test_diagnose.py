@@ -285,3 +285,17 @@ def test_collapse_remedies_fit_what_the_run_already_did():
         "aggressive.enabled=true", "optimizer.lr=0.0003", "schedule=linear schedule.warmup_steps=2000"]
     assert steps("lagging_encoder", schedule={"name": "linear", "warmup_steps": 5000}, optimizer={"lr": 3e-4},
                  aggressive={"enabled": True}) == ["optimizer.lr=0.0001"]
+
+
+def test_a_dim_counted_active_yet_under_the_kl_threshold_is_explained():
+    """Active units (posterior-mean variance > 0.01) and the collapse threshold (KL < 0.01 nats)
+    can disagree on a dim with KL between 0.005 and 0.01 nats: the verdict says so."""
+    from vaerun.diagnose import diagnose
+
+    kl = [5.0, 3.0, 0.008]
+    val = {"split": "val", "step": 100, "kl": sum(kl), "kl_per_dim": kl, "elbo": -90.0, "mi": 4.0,
+           "active_units": 3, "aggregate_kl": 0.1}
+    c = checks(diagnose([val], {"beta": 1.0}))["posterior_collapse"]
+    assert c["status"] == "warning" and "active units counts 1 of them (3 of 3)" in c["explanation"]
+    c = checks(diagnose([{**val, "active_units": 2}], {"beta": 1.0}))["posterior_collapse"]
+    assert "active units counts" not in c["explanation"]

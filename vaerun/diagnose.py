@@ -93,9 +93,13 @@ def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: i
                        [f"free_bits={fb:g}", "aggressive.enabled=true", weaker,
                         *[r for r in steps if r.startswith("schedule")]])
     if dead:
+        au, live = val.get("active_units"), len(kl) - len(dead)
+        both = (f"; active units counts {au - live} of them ({au} of {len(kl)}): their posterior means still vary "
+                "across inputs by more than diagnostics.au_threshold, yet each carries almost no information"
+                if isinstance(au, int) and au > live else "")
         return verdict("posterior_collapse", "warning", f"partial collapse: dims {dead} carry < {thr} nats", ev,
                        "unused dimensions are harmless when the rest suffice, but they mean the code is smaller "
-                       "than model.latent_dim", steps)
+                       "than model.latent_dim" + both, steps)
     if ignores:
         return verdict("posterior_collapse", "warning", "KL is spread over dims, yet the decoder barely uses z", ev,
                        "reconstructions hardly change when z is shuffled: the decoder models x on its own", steps)
