@@ -21,7 +21,7 @@ def reference_losses(cfg, steps: int, warmup: int) -> list[dict]:
     bits, a linear β warm-up, plain Adam."""
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    data = build_data(cfg, warn=False)
+    data = build_data(cfg)
     model = build_model(cfg, data.shape)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
     torch.randn(cfg.batch_size, cfg.model.latent_dim)      # the step-0 audit draws one ε batch first

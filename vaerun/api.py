@@ -66,7 +66,7 @@ class Run:
         if self._data is None:
             from vaerun.train import build_data
 
-            self._data = build_data(self.cfg, warn=False).to(self.device)
+            self._data = build_data(self.cfg).to(self.device)
         return self._data
 
     def model(self, checkpoint: str = "best") -> torch.nn.Module:

@@ -34,8 +34,9 @@ def audit(model: VAE, data: Data, batch_size: int, beta0: float, beta: float, fr
     notes = []
     lik = model.likelihood
     if isinstance(lik, Bernoulli) and not binary:
-        notes.append("Bernoulli likelihood on grey levels: recon is a cross-entropy, not a log-likelihood "
-                     "(fix: dataset.binarize=dynamic or likelihood=gaussian)")
+        notes.append(f"Bernoulli likelihood on grey levels ({data.name}): recon is a cross-entropy, not a "
+                     "log-likelihood of the data (fix: dataset.binarize=dynamic for honest nats on binary "
+                     "images, or a likelihood for grey levels: likelihood=logistic, continuous_bernoulli or gaussian)")
     if isinstance(lik, Gaussian) and lik.learn_sigma == "none":
         sigma, spread = float(lik.sigma().max()), float(x.std())
         if sigma > 0.5 * spread:

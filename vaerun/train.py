@@ -112,17 +112,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # CPU and every CUDA device
 
 
-def build_data(cfg: TrainConfig, warn: bool = True) -> Data:
-    """The dataset of ``cfg`` as CPU uint8 tensors (see data.load_data)."""
+def build_data(cfg: TrainConfig) -> Data:
+    """The dataset of ``cfg`` as CPU uint8 tensors (see data.load_data). A likelihood that does not
+    suit the data is the step-0 audit's to report (checks.audit), once."""
     d = cfg.dataset
-    data = load_data(d.name.value, root=d.root, path=d.path, download=d.download, image_size=d.image_size,
+    return load_data(d.name.value, root=d.root, path=d.path, download=d.download, image_size=d.image_size,
                      channels=d.channels, num_examples=d.num_examples, val_size=d.val_size, test_size=d.test_size,
                      subset=d.subset, binarize=d.binarize.value, seed=cfg.seed, on_bad_image=d.on_bad_image.value)
-    if warn and cfg.likelihood.name.value == "bernoulli" and not data.is_binary():
-        log.warning("Bernoulli likelihood on non-binary data (%s has grey levels): recon is then a cross-entropy, "
-                    "not a log-likelihood of the data. For honest nats use dataset.binarize=dynamic, or "
-                    "likelihood=logistic (or continuous_bernoulli, gaussian).", data.name)
-    return data
 
 
 def build_model(cfg: TrainConfig, data_shape: tuple[int, int, int]) -> VAE:
