@@ -52,6 +52,7 @@ def test_cfg_job_prints_the_composed_config():
     ("model=gaussian", "model", "fix: likelihood=gaussian ("),   # another group's option
     ("beta=-1", "beta", "beta=1"),                           # invalid value
     ("batch_size=0", "batch_size", "batch_size=128"),        # invalid value
+    ("dataset.val_size=1", "dataset.val_size", "dataset.val_size=1000"),   # one example: no AU, MI or map
     ("model.latent_dimm=4", "model.latent_dimm", "model.latent_dim=4"),
     ("likelihood.learn_sigma=glob", "likelihood.learn_sigma", "global"),
     ("dataset.binarize=yes", "dataset.binarize", "dynamic"),

@@ -171,3 +171,19 @@ def test_round_trip_reproduces_the_recorded_val_elbo(trained):
     assert run.model().training is False
     last = [r for r in run.metrics if r["split"] == "val"][-1]
     assert run.evaluate(checkpoint="last")["elbo"] == pytest.approx(last["elbo"], rel=1e-6, abs=1e-5)
+
+
+def test_the_pca_panel_has_two_coordinates_whatever_the_shapes():
+    """The latent map's projection is (N, 2) for one latent dim, for one example (a single
+    direction: the second coordinate is 0) and in general, and its first axis carries the most
+    variance."""
+    from vaerun.pictures import project_2d
+
+    torch.manual_seed(0)
+    mu = torch.randn(200, 4) * torch.tensor([0.1, 3.0, 1.0, 0.2])
+    p = project_2d(mu)
+    assert p.shape == (200, 2) and p[:, 0].var() > p[:, 1].var() > 0.5
+    assert p[:, 0].var() == pytest.approx(mu[:, 1].var().item(), rel=0.05)   # the dim with σ = 3
+    assert project_2d(torch.randn(7, 1)).shape == (7, 2)
+    one = project_2d(torch.randn(1, 5))
+    assert one.shape == (1, 2) and torch.all(one == 0)                   # a single point sits at the mean

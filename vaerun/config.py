@@ -353,7 +353,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(d.name is not DatasetName.shapes or d.num_examples > d.val_size, "dataset.num_examples", d.num_examples,
            f"must exceed dataset.val_size={d.val_size} so that training examples remain",
            f"use e.g. dataset.num_examples={max(2 * d.val_size, 1000)} or lower dataset.val_size")
-    _check(d.val_size > 0, "dataset.val_size", d.val_size, "must be positive", "use e.g. dataset.val_size=1000")
+    _check(d.val_size >= 2, "dataset.val_size", d.val_size, "must be at least 2 (active units, the mutual "
+           "information and the latent map compare examples with each other)", "use e.g. dataset.val_size=1000")
     _check(d.test_size > 0, "dataset.test_size", d.test_size, "must be positive", "use e.g. dataset.test_size=1000")
     if d.subset is not None:
         _check(d.subset > 0, "dataset.subset", d.subset, "must be positive", "use e.g. dataset.subset=1000, or dataset.subset=null")

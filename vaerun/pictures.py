@@ -190,8 +190,9 @@ def project_2d(mu: torch.Tensor) -> torch.Tensor:
     centred = (mu - mu.mean(0)).double()
     if mu.shape[1] == 1:
         return torch.cat([centred, torch.zeros_like(centred)], 1).float()
-    _, _, v = torch.linalg.svd(centred, full_matrices=False)        # v (D, D): rows are directions
-    return (centred @ v[:2].T).float()                              # (N, 2)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)        # v (min(N, D), D): rows are directions
+    proj = centred @ v[:2].T                                        # (N, 2), or (N, 1) from a single example
+    return torch.cat([proj, torch.zeros(len(proj), 2 - proj.shape[1], dtype=proj.dtype)], 1).float()
 
 
 def latent_map_figure(post: dict, label_names: Sequence[str] = (), color_by: Optional[str] = None,
