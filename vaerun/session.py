@@ -66,7 +66,13 @@ def train(cfg: TrainConfig, run, config: dict, *, bar: bool = False, resume: boo
             with Reporter(parts.total_steps, bar, start=trainer.state.step) as trainer.reporter:
                 result = trainer.fit(stop)
             summary.update(**result, diagnosis=_diagnose(run, config, parts, cfg.seed))
-            _pictures(cfg, run, parts)
+            try:
+                _pictures(cfg, run, parts)
+            except Exception as err:  # the model is trained and saved: a figure never fails the run
+                summary["pictures_error"] = f"{type(err).__name__}: {err}"
+                log.warning("end-of-training pictures failed (%s: %s); the run is complete, its checkpoints and "
+                            "metrics are saved (retry with: vaerun traverse %s; vaerun latents %s)",
+                            type(err).__name__, err, run.path, run.path)
         finish("completed")
     except Interrupted as err:
         finish("interrupted", f"{err}; resume with: vaerun train resume={run.path}")
