@@ -189,13 +189,16 @@ def test_the_pca_panel_has_two_coordinates_whatever_the_shapes():
     assert one.shape == (1, 2) and torch.all(one == 0)                   # a single point sits at the mean
 
 
-def test_a_failing_picture_never_fails_the_run(tmp_path, monkeypatch, caplog):
-    """The model is trained and saved before the end-of-training pictures: if drawing one fails,
-    the run is still completed (the error in summary.json, a warning saying how to retry)."""
+def test_a_failing_picture_or_diagnosis_never_fails_the_run(tmp_path, monkeypatch, caplog):
+    """The model is trained and saved before the end-of-training diagnosis and pictures: if one
+    fails, the run is still completed (the error in summary.json, a warning saying how to retry)."""
+    from vaerun import diagnose
+
     def broken(*args, **kwargs):
         raise IndexError("index 1 is out of bounds")
 
     monkeypatch.setattr(pictures, "end_of_training", broken)
+    monkeypatch.setattr(diagnose, "z_dependence", broken)
     cfg, resolved = compose([*TINY, "max_steps=4"])
     folder = RunFolder(tmp_path / "run")
     with caplog.at_level("WARNING", logger="vaerun"):
@@ -204,3 +207,5 @@ def test_a_failing_picture_never_fails_the_run(tmp_path, monkeypatch, caplog):
     assert folder.read_summary()["pictures_error"] == "IndexError: index 1 is out of bounds"
     assert any("end-of-training pictures failed" in r.getMessage() and "vaerun latents" in r.getMessage()
                for r in caplog.records)
+    assert folder.read_summary()["diagnosis"] == {"overall": "unknown", "error": "IndexError: index 1 is out of bounds"}
+    assert any("diagnosis failed" in r.getMessage() and "vaerun diagnose" in r.getMessage() for r in caplog.records)

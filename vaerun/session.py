@@ -65,7 +65,13 @@ def train(cfg: TrainConfig, run, config: dict, *, bar: bool = False, resume: boo
             trainer.writer = writer
             with Reporter(parts.total_steps, bar, start=trainer.state.step) as trainer.reporter:
                 result = trainer.fit(stop)
-            summary.update(**result, diagnosis=_diagnose(run, config, parts, cfg.seed))
+            summary.update(**result)
+            try:
+                summary["diagnosis"] = _diagnose(run, config, parts, cfg.seed)
+            except Exception as err:  # likewise: the diagnosis reads a finished run; it never fails it
+                summary["diagnosis"] = {"overall": "unknown", "error": f"{type(err).__name__}: {err}"}
+                log.warning("the end-of-training diagnosis failed (%s: %s); the run is complete (retry with: "
+                            "vaerun diagnose %s)", type(err).__name__, err, run.path)
             try:
                 _pictures(cfg, run, parts)
             except Exception as err:  # the model is trained and saved: a figure never fails the run
