@@ -299,3 +299,23 @@ def test_a_dim_counted_active_yet_under_the_kl_threshold_is_explained():
     assert c["status"] == "warning" and "active units counts 1 of them (3 of 3)" in c["explanation"]
     c = checks(diagnose([{**val, "active_units": 2}], {"beta": 1.0}))["posterior_collapse"]
     assert "active units counts" not in c["explanation"]
+
+
+def test_a_wide_sigma_leads_the_headline_over_the_collapse_it_may_cause():
+    """Among verdicts of the same status, a likelihood that does not suit the data leads: a wide
+    fixed σ weakens reconstruction against KL, which switches dims off; an unfinished warm-up is
+    the config's own doing and never listed as explained."""
+    from vaerun.diagnose import diagnose
+
+    kl = [5.0, 3.0, 0.001, 0.002]
+    val = {"split": "val", "step": 100, "kl": sum(kl), "kl_per_dim": kl, "elbo": -90.0, "mi": 4.0,
+           "active_units": 2, "aggregate_kl": 0.1}
+    audit = {"split": "audit", "notes": ["fixed Gaussian σ=1 is wide against the data's spread (std 0.394): ..."]}
+    train = [{"split": "train", "step": 100, "loss": 90.0, "beta": 0.1, "grad_norm": 5.0}]
+    config = {"beta": 1.0, "likelihood": {"name": "gaussian", "sigma": 1.0},
+              "schedule": {"name": "linear", "warmup_steps": 1000}}
+    report = diagnose([audit, *train, val], config)
+    assert checks(report)["schedule"]["status"] == checks(report)["posterior_collapse"]["status"] == "warning"
+    assert report["headline"] == "blur: a wide fixed-σ Gaussian (it may also explain: posterior_collapse)"
+    plain = diagnose([*train, val], config)                        # no likelihood note: the collapse leads
+    assert plain["headline"].startswith("partial collapse")

@@ -301,11 +301,14 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
            _schedule(train, audit, config), _likelihood(audit, config.get("likelihood", {}))]
     worst = max(out, key=lambda v: ORDER[v["status"]])
     headline = "healthy: no problem found" if worst["status"] == "ok" else worst["verdict"]
-    unstable = optimization["evidence"]["non_finite_steps"] or optimization["evidence"]["loss_spikes"] + \
-        optimization["evidence"]["grad_spikes"] > 2
-    if optimization["status"] == "problem" and unstable:  # blow-ups first: they can cause the rest
-        others = [v["name"] for v in out if v["status"] == "problem" and v is not optimization]
-        headline = optimization["verdict"] + (f" (it may also explain: {', '.join(others)})" if others else "")
+    ev = optimization["evidence"]
+    causes = [v for v in out if v["status"] == worst["status"] != "ok" and (  # root causes lead the headline:
+        v is optimization and (ev["non_finite_steps"] or ev["loss_spikes"] + ev["grad_spikes"] > 2)  # blow-ups,
+        or v["name"] == "likelihood")]                                   # a likelihood that does not suit the data
+    if causes:  # they can bring about the collapse or imbalance found beside them
+        others = [v["name"] for v in out if v["status"] == worst["status"] and v is not causes[0]
+                  and v["name"] != "schedule"]  # a warm-up longer than the run is the config's own doing
+        headline = causes[0]["verdict"] + (f" (it may also explain: {', '.join(others)})" if others else "")
     return {"overall": worst["status"], "headline": headline, "step": vals[-1]["step"], "verdicts": out}
 
 
