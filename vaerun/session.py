@@ -68,13 +68,13 @@ def train(cfg: TrainConfig, run, config: dict, *, bar: bool = False, resume: boo
             summary.update(**result)
             try:
                 summary["diagnosis"] = _diagnose(run, config, parts, cfg.seed)
-            except Exception as err:  # likewise: the diagnosis reads a finished run; it never fails it
+            except Exception as err:  # the model is trained and saved: reading it never fails the run
                 summary["diagnosis"] = {"overall": "unknown", "error": f"{type(err).__name__}: {err}"}
                 log.warning("the end-of-training diagnosis failed (%s: %s); the run is complete (retry with: "
                             "vaerun diagnose %s)", type(err).__name__, err, run.path)
             try:
                 _pictures(cfg, run, parts)
-            except Exception as err:  # the model is trained and saved: a figure never fails the run
+            except Exception as err:  # nor does drawing it
                 summary["pictures_error"] = f"{type(err).__name__}: {err}"
                 log.warning("end-of-training pictures failed (%s: %s); the run is complete, its checkpoints and "
                             "metrics are saved (retry with: vaerun traverse %s; vaerun latents %s)",
