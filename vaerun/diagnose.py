@@ -45,26 +45,24 @@ def z_dependence(model: VAE, data: Data, n: int = 500, seed: int = 0) -> dict:
 NEAR_TOTAL_NATS = 1.0  # a code with less than one nat in all tells apart fewer than ~3 inputs
 
 
-def _kl_remedies(config: dict, total: int) -> list[str]:
-    """The standard remedies for vanishing KL, fitted to what the run already did: a KL warm-up
-    (linear over a fifth of the run, at least 1000 steps, never past half of it; twice the run's
-    own warm-up when it had one and that still fits) and free bits (0.25 nats per dim, or twice the
-    run's own floor)."""
+def _warmup_remedy(config: dict, total: int) -> list[str]:
+    """A KL warm-up fitted to what the run already did: twice the run's own warm-up when it had one
+    and that still fits in half the run (else none: its warm-up is already long), or a linear one
+    over a fifth of the run, at least 1000 steps, never past half of it."""
     sched = config.get("schedule") or {}
-    out = []
     if sched.get("name") in ("linear", "sigmoid"):
         longer = 2 * int(sched.get("warmup_steps") or 0)
-        if 0 < longer <= total // 2:
-            out.append(f"schedule.warmup_steps={longer}")
-    else:
-        out.append(f"schedule=linear schedule.warmup_steps={max(1, min(max(1000, total // 5), total // 2))}")
-    fb = float(config.get("free_bits") or 0.0)
-    out.append(f"free_bits={2 * fb:g}" if fb > 0 else "free_bits=0.25")
-    return out
+        return [f"schedule.warmup_steps={longer}"] if 0 < longer <= total // 2 else []
+    return [f"schedule=linear schedule.warmup_steps={max(1, min(max(1000, total // 5), total // 2))}"]
 
 
-def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: int, model: str = "mlp",
-              config: Optional[dict] = None) -> dict:
+def _free_bits_floor(config: dict, least: float = 0.25) -> float:
+    """Free bits to suggest: ``least`` nats per dim, or twice the run's own floor when higher."""
+    return max(least, 2 * float(config.get("free_bits") or 0.0))
+
+
+def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: int, model: str,
+              config: dict) -> dict:
     kl = val["kl_per_dim"]
     dead = [d for d, k in enumerate(kl) if k < thr]
     ev = {"kl_total": round(val["kl"], 4), "kl_per_dim": [round(k, 4) for k in kl], "collapsed_dims": dead,
@@ -73,7 +71,8 @@ def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: i
     if zdep:
         ev.update({k: round(v, 3) for k, v in zdep.items()})
         ignores = zdep["shuffle_penalty"] < max(1.0, 0.01 * abs(zdep["recon_posterior"]))
-    steps = _kl_remedies(config or {}, total)
+    warmup = _warmup_remedy(config, total)
+    steps = [*warmup, f"free_bits={_free_bits_floor(config):g}"]
     if beta > 1:
         steps.insert(0, "beta=1")
     if len(dead) == len(kl) or (val.get("active_units") == 0):
@@ -84,14 +83,13 @@ def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: i
     if val["kl"] < NEAR_TOTAL_NATS:  # z can tell the decoder at most KL nats about x, on average
         weaker = ("model.ar_layers=2 model.ar_kernel=3 (or model.ar_cond=spatial)" if model == "autoregressive"
                   else "a weaker decoder, e.g. model.hidden=[256]")
-        fb = max(0.25, round(2.0 / len(kl), 2), 2 * float((config or {}).get("free_bits") or 0.0))
+        fb = _free_bits_floor(config, max(0.25, round(2.0 / len(kl), 2)))
         return verdict("posterior_collapse", "problem",
                        f"near-total collapse: the code carries {val['kl']:.2f} nats in all", ev,
                        f"{len(kl) - len(dead)} of {len(kl)} dims are above {thr} nats, but together they hold less "
                        f"than {NEAR_TOTAL_NATS:g} nat, so z can tell the decoder almost nothing about x"
                        + (" (shuffling z barely changes the reconstruction)" if ignores else ""),
-                       [f"free_bits={fb:g}", "aggressive.enabled=true", weaker,
-                        *[r for r in steps if r.startswith("schedule")]])
+                       [f"free_bits={fb:g}", "aggressive.enabled=true", weaker, *warmup])
     if dead:
         au, live = val.get("active_units"), len(kl) - len(dead)
         both = (f"; active units counts {au - live} of them ({au} of {len(kl)}): their posterior means still vary "
@@ -107,14 +105,12 @@ def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: i
                    "every latent dimension has KL above the threshold and the decoder depends on z")
 
 
-def _lagging(val: dict, config: Optional[dict] = None, total: int = 0) -> dict:
+def _lagging(val: dict, config: dict, total: int) -> dict:
     ev = {"kl": round(val["kl"], 4), "mi": round(val.get("mi", float("nan")), 4)}
     if val["kl"] > 0.5 and val.get("mi", 1.0) < 0.1:
-        config = config or {}
         lr = float((config.get("optimizer") or {}).get("lr") or 1e-3)
         steps = [] if (config.get("aggressive") or {}).get("enabled") else ["aggressive.enabled=true"]
-        steps += [f"optimizer.lr={min(3e-4, lr / 3):.2g}",
-                  *[r for r in _kl_remedies(config, total) if r.startswith("schedule")]]
+        steps += [f"optimizer.lr={min(3e-4, lr / 3):.2g}", *_warmup_remedy(config, total)]
         return verdict("lagging_encoder", "problem", "lagging encoder: KL without mutual information", ev,
                        "posteriors differ from the prior but not between inputs (He et al. 2019)", steps)
     return verdict("lagging_encoder", "ok", "no sign: mutual information follows KL", ev,
@@ -187,8 +183,16 @@ def _longer(config: dict, steps: int) -> str:
     return f"epochs={2 * int(config.get('epochs') or 1)}"
 
 
-def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: float, ema: float = 0.0,
-                  lr_scheduler: str = "none", longer: str = "epochs=<twice as many>") -> dict:
+MAX_SPIKES = 2  # loss and gradient-norm spikes a stable run may show
+
+
+def _unstable(ev: dict) -> bool:
+    """Blow-ups in the optimization check's evidence: non-finite steps, or more than MAX_SPIKES spikes."""
+    return ev["non_finite_steps"] > 0 or ev["loss_spikes"] + ev["grad_spikes"] > MAX_SPIKES
+
+
+def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: float, ema: float,
+                  lr_scheduler: str, longer: str) -> dict:
     loss = [r["loss"] for r in train if isinstance(r.get("loss"), (int, float))]
     gn = [r["grad_norm"] for r in train if isinstance(r.get("grad_norm"), (int, float))]
     elbos = [v["elbo"] for v in vals]
@@ -204,7 +208,7 @@ def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: f
     issues = []
     if events:
         issues.append(f"{len(events)} non-finite step{'' if len(events) == 1 else 's'}")
-    if ev["loss_spikes"] + ev["grad_spikes"] > 2:
+    if ev["loss_spikes"] + ev["grad_spikes"] > MAX_SPIKES:
         issues.append(f"{ev['loss_spikes']} loss and {ev['grad_spikes']} gradient spikes")
     fall = (best - elbos[-1]) / abs(best) if elbos and best != 0 else 0.0
     fell = f"final ELBO {elbos[-1]:.2f} fell from the best {best:.2f}" if fall > 0.02 else None
@@ -301,9 +305,8 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
            _schedule(train, audit, config), _likelihood(audit, config.get("likelihood", {}))]
     worst = max(out, key=lambda v: ORDER[v["status"]])
     headline = "healthy: no problem found" if worst["status"] == "ok" else worst["verdict"]
-    ev = optimization["evidence"]
     causes = [v for v in out if v["status"] == worst["status"] != "ok" and (  # root causes lead the headline:
-        v is optimization and (ev["non_finite_steps"] or ev["loss_spikes"] + ev["grad_spikes"] > 2)  # blow-ups,
+        v is optimization and _unstable(v["evidence"])                    # blow-ups,
         or v["name"] == "likelihood")]                                   # a likelihood that does not suit the data
     if causes:  # they can bring about the collapse or imbalance found beside them
         others = [v["name"] for v in out if v["status"] == worst["status"] and v is not causes[0]

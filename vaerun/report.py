@@ -249,11 +249,10 @@ def beta_curve(run: dict) -> tuple[list[int], list[float]]:
     end = total
     if run["status"] != "completed":  # an unfinished run: only as far as it got
         end = max((x["step"] for x in run["records"] if isinstance(x.get("step"), int)), default=total)
-    try:
-        sched = build_schedule(c["schedule.name"], beta=float(c["beta"]), beta_start=float(c.get("schedule.beta_start", 0.0)),
-                               warmup_steps=int(c.get("schedule.warmup_steps", 1000)),
-                               delay_steps=int(c.get("schedule.delay_steps", 0)), cycles=int(c.get("schedule.cycles", 4)),
-                               ratio=float(c.get("schedule.ratio", 0.5)), total_steps=int(total))
+    try:  # the run's own resolved values, every one: no second copy of the config's defaults here
+        sched = build_schedule(c["schedule.name"], beta=c["beta"], beta_start=c["schedule.beta_start"],
+                               warmup_steps=c["schedule.warmup_steps"], delay_steps=c["schedule.delay_steps"],
+                               cycles=c["schedule.cycles"], ratio=c["schedule.ratio"], total_steps=int(total))
     except (KeyError, TypeError, ValueError):
         train = [x for x in run["records"] if x.get("split") == "train"]
         return [x["step"] for x in train], [x["beta"] for x in train]
