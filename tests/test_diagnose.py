@@ -319,3 +319,32 @@ def test_a_wide_sigma_leads_the_headline_over_the_collapse_it_may_cause():
     assert report["headline"] == "blur: a wide fixed-σ Gaussian (it may also explain: posterior_collapse)"
     plain = diagnose([*train, val], config)                        # no likelihood note: the collapse leads
     assert plain["headline"].startswith("partial collapse")
+
+
+def test_a_density_on_binary_data_is_called_unbounded(tmp_path):
+    """A learned-σ Gaussian on binary shapes once trained to a positive 'ELBO' (+214 nats in 60
+    steps) with no word of why: a density on 0/1 pixels has no ceiling."""
+    run, report = run_small(tmp_path, "likelihood=gaussian", "likelihood.learn_sigma=pixel", "max_steps=150")
+    assert run.read_summary()["final_val"]["elbo"] > 0                   # the symptom: a 'likelihood' above 1
+    lik = checks(report)["likelihood"]
+    assert lik["status"] == "problem" and "unbounded" in lik["verdict"] and lik["next_steps"] == ["likelihood=bernoulli"]
+    assert report["headline"].startswith("a continuous density on binary data")
+    audit = next(r for r in run.read_metrics() if r["split"] == "audit")
+    assert any(n.startswith("density on binary data (Gaussian on shapes)") and "binarize" not in n for n in audit["notes"])
+
+
+@pytest.mark.parametrize("overrides, flagged", [
+    (["likelihood=continuous_bernoulli"], True),
+    (["likelihood=gaussian", "likelihood.learn_sigma=global"], True),
+    (["likelihood=gaussian", "likelihood.sigma=0.05"], False),          # fixed σ: bounded
+    (["likelihood=logistic"], False),                                    # a probability mass on 256 levels
+    (["likelihood=bernoulli"], False),
+])
+def test_the_audit_flags_densities_that_are_unbounded_on_binary_data(overrides, flagged):
+    from vaerun.checks import audit
+    from vaerun.train import build
+
+    cfg, _ = compose([*TINY, *overrides])
+    parts = build(cfg)
+    rec = audit(parts.model, parts.data, 32, 0.0, 1.0, 0.0, 0)
+    assert rec["binary"] and any(n.startswith("density on binary data") for n in rec["notes"]) == flagged

@@ -209,3 +209,18 @@ def test_a_failing_picture_or_diagnosis_never_fails_the_run(tmp_path, monkeypatc
                for r in caplog.records)
     assert folder.read_summary()["diagnosis"] == {"overall": "unknown", "error": "IndexError: index 1 is out of bounds"}
     assert any("diagnosis failed" in r.getMessage() and "vaerun diagnose" in r.getMessage() for r in caplog.records)
+
+
+def test_color_by_on_classes_or_no_labels_is_an_error_not_ignored():
+    """--color-by rotation on MNIST once drew the class map and said nothing."""
+    post = {"mu": torch.randn(40, 3), "logvar": torch.zeros(40, 3), "kl_per_dim": torch.rand(3),
+            "labels": torch.arange(40) % 10}
+    fig, info = pictures.latent_map_figure(post, [str(i) for i in range(10)], None, 0.01)
+    assert info["color_by"] == "class"
+    assert pictures.latent_map_figure(post, (), "class", 0.01)[1]["color_by"] == "class"
+    with pytest.raises(ValueError, match="classes, not generative factors"):
+        pictures.latent_map_figure(post, [str(i) for i in range(10)], "rotation", 0.01)
+    del post["labels"]
+    assert pictures.latent_map_figure(post, (), None, 0.01)[1]["color_by"] is None
+    with pytest.raises(ValueError, match="no labels"):
+        pictures.latent_map_figure(post, (), "class", 0.01)

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from vaerun.data import Data
-from vaerun.likelihoods import Bernoulli, Gaussian
+from vaerun.likelihoods import Bernoulli, ContinuousBernoulli, Gaussian
 from vaerun.models.vae import VAE
 from vaerun.objectives import elbo_terms, kl_penalty
 
@@ -37,6 +37,14 @@ def audit(model: VAE, data: Data, batch_size: int, beta0: float, beta: float, fr
         notes.append(f"Bernoulli likelihood on grey levels ({data.name}): recon is a cross-entropy, not a "
                      "log-likelihood of the data (fix: dataset.binarize=dynamic for honest nats on binary "
                      "images, or a likelihood for grey levels: likelihood=logistic, continuous_bernoulli or gaussian)")
+    sharpens = ("σ shrinks to exp(likelihood.min_log_sigma)" if isinstance(lik, Gaussian) and lik.learn_sigma != "none"
+                else "λ runs to 0 or 1" if isinstance(lik, ContinuousBernoulli) else None)
+    if binary and sharpens:
+        grey = data.binarize != "none"
+        notes.append(f"density on binary data ({type(lik).__name__} on {data.name}): on pixels that are all 0 or 1 a "
+                     f"density grows without bound as the model sharpens ({sharpens}), so the ELBO climbs "
+                     f"past 0 and its nats are not comparable with a likelihood's (fix: likelihood=bernoulli"
+                     + (", or dataset.binarize=none to model the grey levels" if grey else "") + ")")
     if isinstance(lik, Gaussian) and lik.learn_sigma == "none":
         sigma, spread = float(lik.sigma().max()), float(x.std())
         if sigma > 0.5 * spread:

@@ -372,7 +372,8 @@ def latents_main(argv: list[str]) -> int:
                         "generative factor; beside it, per dimension, a histogram of posterior σ against the "
                         "prior's 1 (collapsed dims sit at 1).")
     p.add_argument("--examples", type=int, default=5000, help="validation examples (default 5000)")
-    p.add_argument("--color-by", help="shapes: the factor to colour by (shape, scale, rotation, x, y; default shape)")
+    p.add_argument("--color-by", help="shapes: the factor to colour by (shape, scale, rotation, x, y; default "
+                   "shape); MNIST and Fashion-MNIST are coloured by class")
     a = p.parse_args(argv)
     _positive(p, examples=a.examples)
     from vaerun.errors import VaerunError
@@ -384,7 +385,8 @@ def latents_main(argv: list[str]) -> int:
     try:
         fig, info = latent_map_figure(post, data.label_names, a.color_by, run.cfg.diagnostics.collapse_threshold)
     except ValueError as err:
-        raise VaerunError(f"{err}\n  fix: drop --color-by or pick a listed factor") from None
+        factors = post.get("labels") is not None and post["labels"].ndim == 2
+        raise VaerunError(f"{err}\n  fix: {'pick a listed factor or ' if factors else ''}drop --color-by") from None
     print(f"{info['n']} examples, {info['informative']} of {len(info['dims_order'])} dims informative; "
           f"top dims z{info['top_dims'][0]}, z{info['top_dims'][1]}")
     _save_picture(run, fig, "latents", a)

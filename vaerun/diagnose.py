@@ -262,12 +262,20 @@ def _schedule(train: list[dict], audit: Optional[dict], config: dict) -> dict:
                    "no training record yet", ev, f"training ended at β={final:.3g}" if final is not None else "")
 
 
-def _likelihood(audit: Optional[dict], cfg_lik: dict) -> dict:
+def _likelihood(audit: Optional[dict], cfg_lik: dict, cfg_data: dict) -> dict:
     notes = (audit or {}).get("notes", [])
     ev = {"likelihood": cfg_lik.get("name"), "binary_data": (audit or {}).get("binary"),
           "sigma": cfg_lik.get("sigma") if cfg_lik.get("name") == "gaussian" else None}
     bern = [n for n in notes if n.startswith("Bernoulli")]
     wide = [n for n in notes if "wide" in n]
+    unbounded = [n for n in notes if n.startswith("density on binary data")]
+    if unbounded:
+        binarized = cfg_data.get("binarize", "none") not in (None, "none")
+        return verdict("likelihood", "problem", "a continuous density on binary data: the ELBO is unbounded", ev,
+                       "on pixels that are all 0 or 1 a density has no ceiling: the sharper the model, the higher "
+                       "the 'likelihood', without limit, so a positive ELBO here means nothing and cannot be "
+                       "compared with a Bernoulli run's nats",
+                       ["likelihood=bernoulli"] + (["dataset.binarize=none"] if binarized else []))
     if bern:
         return verdict("likelihood", "problem", "Bernoulli likelihood on grey-level data", ev,
                        "the recon term is a cross-entropy, not a log-likelihood: its nats are not comparable",
@@ -302,7 +310,7 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
     out = [_collapse(vals[-1], zdep, thr, beta, total, config.get("model", {}).get("name", "mlp"), config),
            _lagging(vals[-1], config, total),
            _early_vanishing(vals, thr, early), _imbalance(vals[-1], beta, thr), optimization,
-           _schedule(train, audit, config), _likelihood(audit, config.get("likelihood", {}))]
+           _schedule(train, audit, config), _likelihood(audit, config.get("likelihood", {}), config.get("dataset", {}))]
     worst = max(out, key=lambda v: ORDER[v["status"]])
     headline = "healthy: no problem found" if worst["status"] == "ok" else worst["verdict"]
     causes = [v for v in out if v["status"] == worst["status"] != "ok" and (  # root causes lead the headline:

@@ -200,7 +200,8 @@ def latent_map_figure(post: dict, label_names: Sequence[str] = (), color_by: Opt
     """Three panels: the posterior means on the two most informative dims; a 2-D PCA projection
     of all dims; per dimension, a histogram of posterior σ against the prior's σ = 1 (a collapsed
     dim has all its mass at 1). Points coloured by class, or by one generative factor
-    (``color_by``; the first factor by default). Returns (figure, numbers behind it)."""
+    (``color_by``; the first factor by default; "class" or None for class labels, None without
+    labels: a ValueError otherwise). Returns (figure, numbers behind it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -219,8 +220,13 @@ def latent_map_figure(post: dict, label_names: Sequence[str] = (), color_by: Opt
             if pick not in names:
                 raise ValueError(f"color_by={pick!r} is not a factor of this dataset; choose one of {', '.join(names)}")
             labels, colour_name = labels[:, names.index(pick)], pick
+        elif color_by not in (None, "class"):
+            raise ValueError(f"color_by={color_by!r}: this dataset's labels are classes, not generative factors "
+                             "(its points are coloured by class)")
         else:
             colour_name = "class"
+    elif color_by is not None:
+        raise ValueError(f"color_by={color_by!r}: this dataset has no labels to colour by")
     proj = project_2d(mu)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     kw = dict(s=6, alpha=0.7, linewidths=0)
