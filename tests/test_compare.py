@@ -287,3 +287,47 @@ def test_the_beta_curve_is_the_schedule_at_every_step_and_matches_the_log(tmp_pa
     assert max(betas) == pytest.approx(2.0)
     if schedule == "cyclical":   # several rises and falls in 24 steps, which 5-step logging would blur
         assert sum(b < a for a, b in zip(betas, betas[1:])) >= 2
+
+
+def _fake_run(dataset="shapes", binarize="none", likelihood="bernoulli", binary=True, shape=(1, 28, 28)):
+    return {"config": {"dataset.name": dataset, "dataset.binarize": binarize, "likelihood.name": likelihood},
+            "summary": {"data_shape": list(shape)}, "records": [{"split": "audit", "binary": binary}]}
+
+
+def test_nats_on_different_scales_are_said_so():
+    """A comparison once set a Gaussian's +214 'nats' on binary shapes beside Bernoulli runs' −383
+    and Fashion-MNIST cross-entropies with no word that these are not one scale."""
+    same = [_fake_run(), _fake_run(), _fake_run(likelihood="logistic")]     # a β sweep; a mass on 256 levels
+    assert report.units_note(same) is None
+    note = report.units_note([_fake_run(), _fake_run(likelihood="gaussian")])
+    assert "likelihood kinds (probabilities: bernoulli on binary data; densities: gaussian)" in note
+    assert "mix data" not in note
+    note = report.units_note([_fake_run(), _fake_run("mnist", "dynamic"), _fake_run("fashion_mnist", binary=False)])
+    assert "data (shapes; mnist binarize=dynamic; fashion_mnist)" in note
+    assert "cross-entropies: bernoulli on grey levels" in note
+    note = report.units_note([_fake_run(), _fake_run(shape=(1, 16, 16))])
+    assert "data (shapes 1x28x28; shapes 1x16x16)" in note and "likelihood kinds" not in note
+    old = _fake_run("mnist", "dynamic")
+    old["records"] = []                                                  # no audit: binarized means binary
+    assert report.units_note([old, _fake_run("mnist", "dynamic")]) is None
+
+
+def test_the_units_note_reaches_the_terminal_and_the_reports(beta_sweep, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from vaerun.commands import compare_main
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    compare_main([str(beta_sweep), "--no-report"])
+    assert "compare only between" not in capsys.readouterr().out          # one sweep: one scale
+    dst = tmp_path / "sweep"
+    shutil.copytree(beta_sweep, dst)
+    one = next(dst.glob("0_*"))
+    cfg = (one / "config.yaml").read_text()
+    assert "name: bernoulli" in cfg
+    (one / "config.yaml").write_text(cfg.replace("name: bernoulli", "name: gaussian"))
+    compare_main([str(dst)])
+    out = " ".join(capsys.readouterr().out.split())                     # the note wraps at the console's width
+    assert "these runs mix likelihood kinds (densities: gaussian; probabilities: bernoulli on binary data)" in out
+    for f in ("report.md", "report.html"):
+        assert "these runs mix likelihood kinds" in (dst / f).read_text()

@@ -230,9 +230,11 @@ def compare_main(argv: list[str]) -> int:
         console = _console()
         limit = console.width if console.is_terminal or "COLUMNS" in os.environ else None  # else: as wide as needed
         tables = _fit_tables(title, cols, cells, styles, numeric, limit)
-        tables[-1].caption = report.iw_note(table)  # training's nll_iw covers a subset: say so
         for t in tables:
             _console(t).print(t)
+        note = report.table_notes(runs, table)  # nats on different scales, nll_iw on a subset
+        if note:
+            console.print(note, highlight=False)
     if not a.no_report:
         out = __import__("pathlib").Path(a.out) if a.out else report.common_parent(a.paths)
         html_path, md_path = report.write_reports(runs, table, out, keys)

@@ -144,6 +144,55 @@ def iw_note(table: list[dict]) -> Optional[str]:
             "on the whole split")
 
 
+DENSITIES = ("gaussian", "continuous_bernoulli")  # densities on [0, 1]; logistic and bernoulli are probabilities
+
+
+def _measures(run: dict) -> tuple[tuple, str, str]:
+    """What a run's elbo, recon and nll_iw are nats of: its data (dataset, binarization, shape) and
+    its likelihood's kind, with the likelihood as the note names it. The kind is a density, a
+    probability (of binary pixels, or of 256 levels) or a cross-entropy (Bernoulli on grey levels;
+    binary or not as the step-0 audit found the data)."""
+    c = run["config"]
+    binarize = c.get("dataset.binarize") or "none"
+    data = (c.get("dataset.name"), binarize, "x".join(map(str, run["summary"].get("data_shape") or [])))
+    lik = c.get("likelihood.name")
+    audit = next((r for r in run["records"] if r.get("split") == "audit"), {})
+    binary = audit.get("binary", binarize != "none")
+    if lik in DENSITIES:
+        return data, "densities", lik
+    if lik != "bernoulli":
+        return data, "probabilities", lik
+    return data, "probabilities" if binary else "cross-entropies", f"bernoulli on {'binary data' if binary else 'grey levels'}"
+
+
+def units_note(runs: list[dict]) -> Optional[str]:
+    """A note for under the table when the runs' nats are not on one scale: different data, or
+    likelihoods of different kinds (a density's nats against a probability's, or a cross-entropy's);
+    None when every run measures the same thing."""
+    measures = [_measures(r) for r in runs]
+    data = list(dict.fromkeys(m[0] for m in measures))
+    kinds: dict[str, list[str]] = {}
+    for _, kind, lik in measures:
+        if lik not in kinds.setdefault(kind, []):
+            kinds[kind].append(lik)
+    if len(data) == 1 and len(kinds) == 1:
+        return None
+    mixed = []
+    if len(data) > 1:
+        shapes = len({d[2] for d in data}) > 1
+        mixed.append("data (" + "; ".join(name + (f" binarize={b}" if b != "none" else "") + (f" {shape}" if shapes else "")
+                                          for name, b, shape in data) + ")")
+    if len(kinds) > 1:
+        mixed.append("likelihood kinds (" + "; ".join(f"{k}: {', '.join(v)}" for k, v in kinds.items()) + ")")
+    return ("elbo, recon and nll_iw compare only between runs on the same data under the same kind of likelihood; "
+            f"these runs mix {' and '.join(mixed)}")
+
+
+def table_notes(runs: list[dict], table: list[dict]) -> Optional[str]:
+    """The notes under a comparison table (units, then nll_iw's subset), or None."""
+    return "\n".join(n for n in (units_note(runs), iw_note(table)) if n) or None
+
+
 def _diagnosis(summary: dict) -> Optional[str]:
     """``ok``, or the overall status with the checks that set it: ``problem (posterior_collapse)``."""
     d = summary.get("diagnosis") or {}
@@ -327,8 +376,8 @@ def write_reports(runs: list[dict], table: list[dict], out: Path, keys: Optional
     md = ["# vaerun compare", "", f"{len(runs)} runs; config keys that differ: {', '.join(every) or 'none'}.", "",
           "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     md += ["| " + " | ".join(c) + " |" for c in cells]
-    note = iw_note(table)
-    md += ["", note] if note else []
+    note = table_notes(runs, table)
+    md += ["", *note.split("\n")] if note else []
     md += ["", "## Rate–distortion", "", "![rate-distortion](report_files/rate_distortion.png)", "",
            "## Curves", "", "![curves](report_files/curves.png)", "", "## KL per dimension", "",
            "![kl per dim](report_files/kl_per_dim.png)", "", "## Samples", ""]
@@ -346,7 +395,7 @@ def write_reports(runs: list[dict], table: list[dict], out: Path, keys: Optional
 
     rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in c_) + "</tr>" for c_ in cells)
     body = [f"<h1>vaerun compare</h1><p>{len(runs)} runs; config keys that differ: {html.escape(', '.join(every))}</p>",
-            "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + f"</tr>{rows_html}</table>" + (f"<p>{html.escape(note)}</p>" if note else ""),
+            "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + f"</tr>{rows_html}</table>" + "".join(f"<p>{html.escape(n)}</p>" for n in (note or "").split("\n") if n),
             "<h2>Rate–distortion</h2>", img(files / "rate_distortion.png", "rate-distortion"),
             "<h2>Curves</h2>", img(files / "curves.png", "curves"),
             "<h2>KL per dimension</h2>", img(files / "kl_per_dim.png", "kl per dim"), "<h2>Samples</h2>",
