@@ -348,3 +348,50 @@ def test_the_audit_flags_densities_that_are_unbounded_on_binary_data(overrides, 
     parts = build(cfg)
     rec = audit(parts.model, parts.data, 32, 0.0, 1.0, 0.0, 0)
     assert rec["binary"] and any(n.startswith("density on binary data") for n in rec["notes"]) == flagged
+
+
+def test_a_run_that_memorises_its_training_set_is_overfitting_not_a_learning_rate_problem(tmp_path):
+    """150 epochs of 2,000 statically binarized MNIST images: the validation ELBO peaked at step 1000
+    and fell 18.6 nats while the training ELBO rose 25.7, and diagnose called it "optimization
+    trouble" and advised a lower learning rate and grad_clip=1.0. Here the same on a 16x16 shapes
+    training set far too small for the model."""
+    run, report = run_small(tmp_path, "dataset.num_examples=300", "dataset.test_size=100", "batch_size=50",
+                            "max_steps=600", "model.hidden=[256]", "schedule.warmup_steps=50")
+    c = checks(report)
+    over, opt = c["overfitting"], c["optimization"]
+    assert over["status"] in ("warning", "problem") and over["verdict"].startswith("overfitting: the validation ELBO fell")
+    ev = over["evidence"]
+    assert ev["validations_after_best"] >= 2 and ev["gap_final"] > ev["gap_at_best"] + 1.0
+    assert ev["val_elbo_final"] < ev["val_elbo_best"] and ev["train_elbo_final"] > ev["train_elbo_at_best"]
+    assert over["next_steps"][0] == f"max_steps={ev['best_step']}"       # shapes: no binarization, no subset
+    assert opt["status"] == "ok" and "overfitting" in opt["verdict"] and not opt["next_steps"]
+    assert report["headline"] == over["verdict"]
+
+
+def _records(val_elbos, train_elbos, every=100):
+    """Validation records every ``every`` steps and two train records before each."""
+    recs = []
+    for i, (v, t) in enumerate(zip(val_elbos, train_elbos), 1):
+        recs += [{"split": "train", "step": i * every - every // 2, "elbo": t, "loss": -t, "grad_norm": 50.0},
+                 {"split": "train", "step": i * every, "elbo": t, "loss": -t, "grad_norm": 50.0},
+                 {"split": "val", "step": i * every, "elbo": v, "kl": 20.0, "kl_per_dim": [2.0] * 10,
+                  "active_units": 10, "mi": 6.0, "aggregate_kl": 0.5}]
+    return recs
+
+
+def test_overfitting_against_a_noisy_end_and_its_remedies():
+    from vaerun.diagnose import diagnose
+
+    config = {"dataset": {"binarize": "static", "subset": 2000}, "optimizer": {"lr": 1e-3}}
+    vals = [-150, -130, -124, -126, -131, -138]
+    rising = [-140, -115, -105, -98, -90, -82]
+    c = checks(diagnose(_records(vals, rising), config))
+    assert c["overfitting"]["status"] == "problem"                      # fell 14 nats, > 10 % of 124
+    assert c["overfitting"]["next_steps"][:3] == ["dataset.binarize=dynamic", "dataset.subset=null", "max_steps=300"]
+    assert c["optimization"]["status"] == "ok"
+    flat = [-140, -118, -110, -111, -110, -111]                         # training ELBO stalls: weights wander
+    c = checks(diagnose(_records(vals, flat), config))
+    assert c["overfitting"]["status"] == "ok" and c["optimization"]["status"] == "problem"
+    one_after = checks(diagnose(_records(vals[:3] + [-128], rising[:4]), config))   # one validation after the best:
+    assert one_after["overfitting"]["status"] == "ok"                                # too soon to tell from noise
+    assert one_after["optimization"]["status"] == "warning" and "noisy end" in one_after["optimization"]["verdict"]

@@ -191,8 +191,49 @@ def _unstable(ev: dict) -> bool:
     return ev["non_finite_steps"] > 0 or ev["loss_spikes"] + ev["grad_spikes"] > MAX_SPIKES
 
 
+def _train_elbo(train: list[dict], step: int, records: int = 2) -> Optional[float]:
+    """The training ELBO around ``step``: the mean of the last ``records`` train records logged at
+    or before it (each the mean over its logging window's batches, at β = 1)."""
+    near = [r["elbo"] for r in train if r["step"] <= step and isinstance(r.get("elbo"), (int, float))][-records:]
+    return statistics.fmean(near) if near else None
+
+
+def _overfitting(train: list[dict], vals: list[dict], config: dict) -> dict:
+    """The validation ELBO falling from its best over two or more validations while the training
+    ELBO keeps rising: the model learns its training images, not the data. Weights wandering at
+    too high a learning rate make the validation ELBO fall too, but not with a training ELBO that
+    rises by at least half as much (that is the optimization check's "noisy end")."""
+    best = max(range(len(vals)), key=lambda i: vals[i]["elbo"]) if vals else 0
+    v_best, v_end = (vals[best], vals[-1]) if vals else ({}, {})
+    t_best, t_end = (_train_elbo(train, v["step"]) if v else None for v in (v_best, v_end))
+    ev = {"best_step": v_best.get("step"), "validations_after_best": len(vals) - 1 - best}
+    if None in (t_best, t_end):
+        return verdict("overfitting", "ok", "no training record to compare with", ev, "")
+    fall, rise = v_best["elbo"] - v_end["elbo"], t_end - t_best
+    ev.update(val_elbo_best=round(v_best["elbo"], 3), val_elbo_final=round(v_end["elbo"], 3),
+              train_elbo_at_best=round(t_best, 3), train_elbo_final=round(t_end, 3),
+              gap_at_best=round(t_best - v_best["elbo"], 3), gap_final=round(t_end - v_end["elbo"], 3))
+    if not (ev["validations_after_best"] >= 2 and fall > 0.02 * abs(v_best["elbo"]) and rise >= 0.5 * fall):
+        return verdict("overfitting", "ok", "no: the validation ELBO did not fall while the training ELBO rose", ev,
+                       f"train − validation ELBO gap {ev['gap_final']:.2f} nats at the end")
+    data = config.get("dataset", {}) or {}
+    steps = (["dataset.binarize=dynamic"] if data.get("binarize") == "static" else []) + \
+            (["dataset.subset=null"] if data.get("subset") else []) + \
+            [f"max_steps={v_best['step']}", "optimizer=adamw optimizer.weight_decay=1.0"]
+    status = "problem" if fall > FALL_PROBLEM * abs(v_best["elbo"]) else "warning"
+    return verdict("overfitting", status, f"overfitting: the validation ELBO fell {fall:.2f} nats from its best "
+                   f"(step {v_best['step']}) while the training ELBO rose {rise:.2f}", ev,
+                   f"the gap between the training and the validation ELBO grew from {ev['gap_at_best']:.2f} to "
+                   f"{ev['gap_final']:.2f} nats over the last {ev['validations_after_best']} validations: the model "
+                   "memorises its training images. checkpoints/best.pt keeps the weights of the best validation "
+                   "(every vaerun command uses it); more data, or fresh data each step (dynamic binarization), "
+                   "helps most; stopping at the best step saves the rest of the run",
+                   steps)
+
+
 def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: float, ema: float,
-                  lr_scheduler: str, longer: str) -> dict:
+                  lr_scheduler: str, longer: str, overfit: bool) -> dict:
+    """``overfit``: the overfitting check explains a fall of the validation ELBO, so it is not counted here."""
     loss = [r["loss"] for r in train if isinstance(r.get("loss"), (int, float))]
     gn = [r["grad_norm"] for r in train if isinstance(r.get("grad_norm"), (int, float))]
     elbos = [v["elbo"] for v in vals]
@@ -211,7 +252,7 @@ def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: f
     if ev["loss_spikes"] + ev["grad_spikes"] > MAX_SPIKES:
         issues.append(f"{ev['loss_spikes']} loss and {ev['grad_spikes']} gradient spikes")
     fall = (best - elbos[-1]) / abs(best) if elbos and best != 0 else 0.0
-    fell = f"final ELBO {elbos[-1]:.2f} fell from the best {best:.2f}" if fall > 0.02 else None
+    fell = f"final ELBO {elbos[-1]:.2f} fell from the best {best:.2f}" if fall > 0.02 and not overfit else None
     if fell and (issues or fall > FALL_PROBLEM):
         issues.append(fell)
     if issues:
@@ -237,6 +278,9 @@ def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: f
                        f"pass{'es' if len(elbos) != 1 else ''}, too few to tell whether the ELBO settled", ev,
                        "loss and gradient norms stayed in range; validate more often to see the ELBO's trend",
                        [f"eval_every={max(1, (vals[-1]['step'] if vals else 0) // 5)}"])
+    if overfit:
+        return verdict("optimization", "ok", "stable: no non-finite steps or spikes (the late decline is overfitting)",
+                       ev, "loss and gradient norms stayed in range while the training ELBO kept improving")
     return verdict("optimization", "ok", "stable: no non-finite steps, spikes or late decline", ev,
                    "loss and gradient norms stayed in range and the ELBO settled")
 
@@ -305,11 +349,13 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
     early = int(dg.get("early_fraction", 0.2) * total)
     opt = config.get("optimizer", {}) or {}
     beta, lr = config.get("beta", 1.0), opt.get("lr", 1e-3)
+    overfitting = _overfitting(train, vals, config)
     optimization = _optimization(train, vals, events, lr, opt.get("ema", 0.0) or 0.0,
-                                 opt.get("lr_scheduler", "none") or "none", _longer(config, total))
+                                 opt.get("lr_scheduler", "none") or "none", _longer(config, total),
+                                 overfitting["status"] != "ok")
     out = [_collapse(vals[-1], zdep, thr, beta, total, config.get("model", {}).get("name", "mlp"), config),
            _lagging(vals[-1], config, total),
-           _early_vanishing(vals, thr, early), _imbalance(vals[-1], beta, thr), optimization,
+           _early_vanishing(vals, thr, early), _imbalance(vals[-1], beta, thr), optimization, overfitting,
            _schedule(train, audit, config), _likelihood(audit, config.get("likelihood", {}), config.get("dataset", {}))]
     worst = max(out, key=lambda v: ORDER[v["status"]])
     headline = "healthy: no problem found" if worst["status"] == "ok" else worst["verdict"]
