@@ -436,3 +436,57 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert mode == 0o644
+
+
+LENGTH = ["dataset.num_examples=612", "dataset.val_size=100", "dataset.test_size=100", "batch_size=32",
+          "log_every=7", "eval_every=20", "checkpoint_every=13", "sample_every=40", "num_samples=4",
+          "model.hidden=[64]", "model.latent_dim=4", "progress=log", "dataset.binarize=dynamic",
+          "optimizer.lr_scheduler=step", "optimizer.lr_step_size=30", "schedule.warmup_steps=50",
+          "pictures.latents=false", "pictures.traverse=false", "diagnostics.iw_samples=5"]
+
+
+def test_a_finished_run_resumed_longer_ends_as_the_longer_run(tmp_path):
+    """`vaerun train resume=RUN epochs=6` on a finished 40-step run (512 training images, 16 steps
+    an epoch) continues to step 96 and ends with the weights of a 6-epoch run, bit for bit, and the
+    same validations; the config and summary say what changed. Diagnose suggests `epochs=24` for a
+    run still improving: this is how to take it without starting over."""
+    ref = subprocess.run([VAERUN, "train", *LENGTH, "epochs=6", f"out_dir={tmp_path / 'ref'}"], capture_output=True,
+                         text=True, timeout=300)
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    short = subprocess.run([VAERUN, "train", *LENGTH, "max_steps=40", f"out_dir={tmp_path / 'ext'}"], capture_output=True,
+                           text=True, timeout=300)
+    assert short.returncode == 0, short.stdout + short.stderr
+    run = run_dir(tmp_path / "ext")
+    longer = subprocess.run([VAERUN, "train", f"resume={run}", "epochs=6"], capture_output=True, text=True, timeout=300)
+    assert longer.returncode == 0, longer.stdout + longer.stderr
+    assert "resumed at step 40 of 96" in longer.stdout + longer.stderr
+    a, b = RunFolder(run_dir(tmp_path / "ref")), RunFolder(run)
+    wa, wb = a.load_checkpoint("last")["model"], b.load_checkpoint("last")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    vals = lambda f: [{k: v for k, v in r.items() if k not in VOLATILE} for r in f.read_metrics("val")]  # noqa: E731
+    assert vals(a) == vals(b) and [r["step"] for r in vals(b)] == [20, 40, 60, 80, 96]
+    summary = b.read_summary()
+    assert summary["status"] == "completed" and summary["steps"] == summary["total_steps"] == 96
+    assert summary["resumed"][-1]["length"] == {"epochs": {"from": 12, "to": 6}, "max_steps": {"from": 40, "to": None}}
+    assert b.read_config()["max_steps"] is None and b.read_config()["epochs"] == 6
+
+
+@pytest.mark.parametrize("extra, args, message", [
+    ([], ["max_steps=10"], "10 steps, but the run has trained 20"),
+    (["schedule=cyclical"], ["max_steps=40"], "schedule=cyclical is drawn over its length (20 steps)"),
+    (["optimizer.lr_scheduler=cosine"], ["epochs=3"], "optimizer.lr_scheduler=cosine is drawn over its length"),
+    ([], ["beta=2", "max_steps=40"], "beta=2: a resumed run continues with its own config"),
+])
+def test_a_new_length_that_cannot_be_honoured_is_a_config_error(tmp_path, extra, args, message):
+    done = subprocess.run([VAERUN, "train", *LENGTH, "max_steps=20", *extra, f"out_dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = run_dir(tmp_path)
+    before = (run / "config.yaml").read_text()
+    out = subprocess.run([VAERUN, "train", f"resume={run}", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and message in out.stderr and "fix:" in out.stderr and "Traceback" not in out.stderr
+    assert (run / "config.yaml").read_text() == before and RunFolder(run).read_summary()["status"] == "completed"
+    if extra:  # at its own length it resumes (nothing left to train)
+        same = subprocess.run([VAERUN, "train", f"resume={run}", "max_steps=20"], capture_output=True, text=True,
+                              timeout=120)
+        assert same.returncode == 0, same.stderr

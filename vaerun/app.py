@@ -47,7 +47,8 @@ def _train_task(cfg: DictConfig) -> float:
             if done is not None:
                 return done
         resume = bool(cfg.resume) or requeued
-        typed, resolved = _resumed_config(cfg, run) if resume else (
+        given = {o.lstrip("+~").split("=")[0] for o in hc.overrides.task} if cfg.resume else set()
+        typed, resolved = _resumed_config(cfg, run, given) if resume else (
             OmegaConf.to_object(cfg), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         bar = use_bar(typed.progress.value, launcher)
         summary = train(typed, run, resolved, bar=bar and not multirun, resume=resume)
@@ -115,11 +116,13 @@ def _share_cores(hc) -> None:
     torch.set_num_threads(max(1, cores // n_jobs))
 
 
-def _resumed_config(cfg: DictConfig, run):
-    """The run's own resolved config (config.yaml), typed; `progress` and `device` may change."""
+def _resumed_config(cfg: DictConfig, run, given: set = frozenset()):
+    """The run's own resolved config (config.yaml), typed; `progress` and `device` may change, and
+    its length where ``given`` (the keys set on the command line) holds `epochs` or `max_steps`."""
     from omegaconf import OmegaConf
 
     from vaerun.config import TrainConfig
+    from vaerun.confcheck import RESUME_LENGTH, resumed_length
     from vaerun.errors import CheckpointError
 
     if not run.config_file.exists():
@@ -128,6 +131,8 @@ def _resumed_config(cfg: DictConfig, run):
     saved = run.read_config()
     saved.update(progress=OmegaConf.to_container(cfg, enum_to_str=True)["progress"],
                  device=OmegaConf.to_container(cfg, enum_to_str=True)["device"], resume=None)
+    if given & set(RESUME_LENGTH):
+        saved.update(resumed_length(saved, given, cfg.epochs, cfg.max_steps))
     typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
     return typed, saved
 

@@ -10,7 +10,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from vaerun.config import GROUPS, validate
-from vaerun.errors import ConfigError
+from vaerun.errors import ConfigError, VaerunError
 
 # Hydra's own flags; with any of these the command line is Hydra's business, not ours.
 _HYDRA_FLAGS = {"-m", "--multirun", "-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-p",
@@ -130,17 +130,23 @@ def check_writable(folder: str) -> Optional[str]:
 
 
 _RESUME_MAY_CHANGE = {"resume", "progress", "device"}
+RESUME_LENGTH = ("epochs", "max_steps")  # a resumed run may be made longer (or shorter, down to its step)
 
 
-def check_resume(folder: str, overrides: list[str]) -> Optional[str]:
-    """A resumed run keeps its own config; the folder must hold a config and a checkpoint."""
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=")[0]
+
+
+def check_resume(folder: str, overrides: list[str], cfg) -> Optional[str]:
+    """A resumed run keeps its own config, but for its length; the folder must hold a config and a
+    checkpoint. ``cfg``: the composed config, whose ``epochs``/``max_steps`` the overrides set."""
     from pathlib import Path
 
-    changed = [o for o in overrides if o.lstrip("+~").split("=")[0] not in _RESUME_MAY_CHANGE
+    changed = [o for o in overrides if _key(o) not in _RESUME_MAY_CHANGE | set(RESUME_LENGTH)
                and not o.lstrip("+~").startswith("hydra")]
     if changed:
         return (f"{changed[0]}: a resumed run continues with its own config (its config.yaml), so it cannot be "
-                f"changed.\n  fix: drop {' '.join(changed)}, or start a new run")
+                f"changed (only its length: epochs, max_steps).\n  fix: drop {' '.join(changed)}, or start a new run")
     run = Path(folder)
     if not (run / "config.yaml").is_file():
         return (f"resume={folder}: not a vaerun run folder (no config.yaml there).\n"
@@ -148,7 +154,61 @@ def check_resume(folder: str, overrides: list[str]) -> Optional[str]:
     if not (run / "checkpoints" / "last.pt").is_file():
         return (f"resume={folder}: the run has no checkpoint yet (checkpoints/last.pt); it stopped before its "
                 f"first step.\n  fix: start it again as a new run")
+    given = {_key(o) for o in overrides} & set(RESUME_LENGTH)
+    if given:
+        problem = _check_new_length(run, given, cfg.epochs, cfg.max_steps)
+        if problem:
+            return problem
     return check_writable(folder)
+
+
+def resumed_length(saved: dict, given: set, epochs: int, max_steps: Optional[int]) -> dict:
+    """The ``epochs`` and ``max_steps`` of a resumed run given ``given`` of them anew: ``epochs``
+    alone replaces a ``max_steps`` the run set (which would otherwise override it)."""
+    out = {"epochs": saved.get("epochs"), "max_steps": saved.get("max_steps")}
+    if "epochs" in given:
+        out["epochs"] = epochs
+        if "max_steps" not in given:
+            out["max_steps"] = None
+    if "max_steps" in given:
+        out["max_steps"] = max_steps
+    return out
+
+
+def _check_new_length(run, given: set, epochs: int, max_steps: Optional[int]) -> Optional[str]:
+    """A new length must not end before the checkpoint's step, and cannot change a schedule drawn
+    over the run's length (cyclical β, a cosine learning rate): the steps already taken would
+    belong to another schedule."""
+    import json
+
+    from vaerun.runs import load_checkpoint_file
+
+    saved = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
+    per_epoch = json.loads((run / "summary.json").read_text()).get("steps_per_epoch") if (run / "summary.json").is_file() else None
+    if not per_epoch:
+        return f"resume={run}: its summary.json has no steps_per_epoch, so a new length cannot be checked.\n  fix: start a new run"
+    new = resumed_length(saved, given, epochs, max_steps)
+    total = lambda c: c["max_steps"] if c["max_steps"] is not None else c["epochs"] * per_epoch  # noqa: E731
+    old_total, new_total = total(saved), total(new)
+    asked = " ".join(f"{k}={new[k] if new[k] is not None else 'null'}" for k in RESUME_LENGTH if k in given)
+    if new_total != old_total:
+        drawn = []
+        if saved["schedule"]["name"] == "cyclical":
+            drawn.append("schedule=cyclical")
+        if saved["optimizer"].get("lr_scheduler") == "cosine":
+            drawn.append("optimizer.lr_scheduler=cosine")
+        if drawn:
+            return (f"{asked}: the run's {' and '.join(drawn)} is drawn over its length ({old_total} steps), so at "
+                    f"{new_total} steps every step it has taken would have had another value.\n"
+                    f"  fix: start a new run with {asked}, or resume it at its own length")
+    try:
+        step = load_checkpoint_file(run / "checkpoints" / "last.pt")["loop"]["step"]
+    except VaerunError as err:
+        return str(err)
+    if new_total < step:
+        return (f"{asked}: {new_total} steps, but the run has trained {step} (checkpoints/last.pt).\n"
+                f"  fix: a length of at least {step} steps (max_steps={step} or more)")
+    return None
 
 
 def check(overrides: list[str]) -> Optional[str]:
@@ -165,5 +225,5 @@ def check(overrides: list[str]) -> Optional[str]:
         except Exception as err:  # Hydra/OmegaConf composition errors of every kind
             return explain(err, overrides, compose("train"))
     if cfg.resume:
-        return check_resume(cfg.resume, overrides)
+        return check_resume(cfg.resume, overrides, cfg)
     return check_writable(cfg.out_dir)

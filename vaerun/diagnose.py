@@ -272,7 +272,8 @@ def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: f
     if elbos and len(late) > 1 and ev["late_gain_nats"] > 0.01 * abs(best):
         return verdict("optimization", "ok", "stable, and still improving at the end", ev,
                        "the ELBO rose by more than 1% over the last quarter: the run stopped early, or the "
-                       "learning rate is low", [longer, *([f"optimizer.lr={min(lr * 3, 3e-3):.2g}"] if lr < 3e-3 else [])])
+                       f"learning rate is low; `vaerun train resume=RUN {longer}` continues this run to that length "
+                       "(not under a cyclical β or a cosine learning rate, which are drawn over the run's length)", [longer, *([f"optimizer.lr={min(lr * 3, 3e-3):.2g}"] if lr < 3e-3 else [])])
     if len(elbos) < 3:
         return verdict("optimization", "ok", f"stable: no non-finite steps or spikes; {len(elbos)} validation "
                        f"pass{'es' if len(elbos) != 1 else ''}, too few to tell whether the ELBO settled", ev,

@@ -32,6 +32,11 @@ def train(cfg: TrainConfig, run, config: dict, *, bar: bool = False, resume: boo
     if resume:
         summary = run.read_summary()
         summary.setdefault("resumed", []).append({"at": _now(), "from_status": summary.get("status")})
+        before = run.read_config()
+        length = {k: (before.get(k), config.get(k)) for k in ("epochs", "max_steps") if before.get(k) != config.get(k)}
+        if length:  # resumed with a new length: the config says so from now on
+            summary["resumed"][-1]["length"] = {k: {"from": a, "to": b} for k, (a, b) in length.items()}
+            run.write_config(config)
         summary.update(status="running", error=None, **provenance())
         base_wall = summary.get("wall_time_s") or 0.0
     else:
