@@ -363,7 +363,8 @@ def test_a_run_that_memorises_its_training_set_is_overfitting_not_a_learning_rat
     ev = over["evidence"]
     assert ev["validations_after_best"] >= 2 and ev["gap_final"] > ev["gap_at_best"] + 1.0
     assert ev["val_elbo_final"] < ev["val_elbo_best"] and ev["train_elbo_final"] > ev["train_elbo_at_best"]
-    assert over["next_steps"][0] == f"max_steps={ev['best_step']}"       # shapes: no binarization, no subset
+    assert over["next_steps"][:2] == ["early_stop=3", f"max_steps={ev['best_step']}"]   # shapes: no binarization,
+                                                                                          # no subset
     assert opt["status"] == "ok" and "overfitting" in opt["verdict"] and not opt["next_steps"]
     assert report["headline"] == over["verdict"]
 
@@ -387,7 +388,8 @@ def test_overfitting_against_a_noisy_end_and_its_remedies():
     rising = [-140, -115, -105, -98, -90, -82]
     c = checks(diagnose(_records(vals, rising), config))
     assert c["overfitting"]["status"] == "problem"                      # fell 14 nats, > 10 % of 124
-    assert c["overfitting"]["next_steps"][:3] == ["dataset.binarize=dynamic", "dataset.subset=null", "max_steps=300"]
+    assert c["overfitting"]["next_steps"][:4] == ["dataset.binarize=dynamic", "dataset.subset=null", "early_stop=3",
+                                                  "max_steps=300"]
     assert c["optimization"]["status"] == "ok"
     flat = [-140, -118, -110, -111, -110, -111]                         # training ELBO stalls: weights wander
     c = checks(diagnose(_records(vals, flat), config))
@@ -395,3 +397,25 @@ def test_overfitting_against_a_noisy_end_and_its_remedies():
     one_after = checks(diagnose(_records(vals[:3] + [-128], rising[:4]), config))   # one validation after the best:
     assert one_after["overfitting"]["status"] == "ok"                                # too soon to tell from noise
     assert one_after["optimization"]["status"] == "warning" and "noisy end" in one_after["optimization"]["verdict"]
+
+
+def test_early_stop_ends_an_overfitting_run_at_its_patience(tmp_path):
+    """The run above with early_stop=2: it stops two validations after its best, says so in the
+    log, metrics.jsonl and summary.json, keeps the best weights, and a resume does not train on."""
+    run, report = run_small(tmp_path, "dataset.num_examples=300", "dataset.test_size=100", "batch_size=50",
+                            "max_steps=600", "model.hidden=[256]", "schedule.warmup_steps=50", "early_stop=2")
+    summary = run.read_summary()
+    stop = summary["stopped_early"]
+    vals = run.read_metrics("val")
+    best = max(vals, key=lambda v: v["elbo"])
+    assert summary["status"] == "completed" and stop == {"step": vals[-1]["step"], "best_step": best["step"]}
+    assert stop["step"] == best["step"] + 2 * 50 < 600 and summary["steps"] == stop["step"]   # eval_every=50
+    event = [r for r in run.read_metrics() if r.get("event") == "early_stop"]
+    assert len(event) == 1 and event[0]["patience"] == 2 and event[0]["best_step"] == best["step"]
+    assert run.load_checkpoint("best")["loop"]["step"] == best["step"]
+    assert run.load_checkpoint("last")["loop"]["stopped_early"]
+    assert "early_stop=3" not in checks(report)["overfitting"]["next_steps"]      # the run used it
+    cfg, resolved = compose([*SMALL, "dataset.num_examples=300", "dataset.test_size=100", "batch_size=50",
+                             "max_steps=600", "model.hidden=[256]", "schedule.warmup_steps=50", "early_stop=2"])
+    train(cfg, run, resolved, resume=True)
+    assert run.read_summary()["steps"] == stop["step"] and len(run.read_metrics("val")) == len(vals)

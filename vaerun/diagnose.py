@@ -219,6 +219,7 @@ def _overfitting(train: list[dict], vals: list[dict], config: dict) -> dict:
     data = config.get("dataset", {}) or {}
     steps = (["dataset.binarize=dynamic"] if data.get("binarize") == "static" else []) + \
             (["dataset.subset=null"] if data.get("subset") else []) + \
+            ([] if config.get("early_stop") else ["early_stop=3"]) + \
             [f"max_steps={v_best['step']}", "optimizer=adamw optimizer.weight_decay=1.0"]
     status = "problem" if fall > FALL_PROBLEM * abs(v_best["elbo"]) else "warning"
     return verdict("overfitting", status, f"overfitting: the validation ELBO fell {fall:.2f} nats from its best "
@@ -227,7 +228,7 @@ def _overfitting(train: list[dict], vals: list[dict], config: dict) -> dict:
                    f"{ev['gap_final']:.2f} nats over the last {ev['validations_after_best']} validations: the model "
                    "memorises its training images. checkpoints/best.pt keeps the weights of the best validation "
                    "(every vaerun command uses it); more data, or fresh data each step (dynamic binarization), "
-                   "helps most; stopping at the best step saves the rest of the run",
+                   "helps most; stopping at the best step (early_stop, or max_steps) saves the rest of the run",
                    steps)
 
 

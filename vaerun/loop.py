@@ -40,6 +40,8 @@ class LoopState:
     aggressive: bool = False       # aggressive inference-network training still on
     aggressive_mi: float = -math.inf  # validation MI at the previous epoch's end (aggressive training)
     inner_steps: int = 0           # encoder-only updates taken by aggressive training
+    since_best: int = 0            # validations since the best one (early_stop)
+    stopped_early: bool = False    # early_stop ended the run
 
 
 @dataclass
@@ -219,7 +221,7 @@ class Trainer:
                                           total_steps=total))
             self.rngs.epoch_start = self.rngs.order.get_state()
             self.save()  # step 0: resume and rollback always have a starting point
-        while self.state.step < total:
+        while self.state.step < total and not self.state.stopped_early:
             self.rngs.epoch_start = self.rngs.order.get_state()
             rolled_back = False
             for xb in self.parts.data.train_epoch(self.cfg.batch_size, self.rngs.order, skip=self.state.batch):
@@ -230,15 +232,16 @@ class Trainer:
                 if stop.requested is not None:
                     self.save()
                     raise Interrupted(stop.requested)
-                if self.state.step >= total:
+                if self.state.step >= total or self.state.stopped_early:
                     break
-            if not rolled_back and self.state.step < total:
+            if not rolled_back and self.state.step < total and not self.state.stopped_early:
                 self.state.epoch, self.state.batch = self.state.epoch + 1, 0
                 if self.state.aggressive:
                     self._aggressive_check()
         s = self.state
         return {"final_val": s.final_val, "best_val": s.best_val, "steps": s.step, "skipped_steps": s.skipped,
                 "rollbacks": s.rollbacks, "lr_scale": s.lr_scale,
+                "stopped_early": {"step": s.step, "best_step": s.best_val["step"]} if s.stopped_early else None,
                 "examples_per_sec": self.seen_total / self.train_time if self.train_time > 0 else None}
 
     def _step(self, xb: torch.Tensor) -> bool:
@@ -269,6 +272,9 @@ class Trainer:
             self._log_train(beta, gnorm)
         if step % cfg.eval_every == 0 or last:
             self._evaluate(beta)
+            if not last and cfg.early_stop and self.state.since_best >= cfg.early_stop:
+                self._stop_early()
+                last = True  # the end of the run: its grids as at the last step
         elif step % cfg.checkpoint_every == 0:
             self.save()
         if step % cfg.sample_every == 0 or last:
@@ -358,9 +364,23 @@ class Trainer:
             p.lr_scheduler.step(v["loss"])
         if is_best:
             s.best_elbo, s.best_val = v["elbo"], dict(v)
+        s.since_best = 0 if is_best else s.since_best + 1
         s.final_val = v
         self.save(best=is_best)
         self.t_log += time.time() - t  # evaluation time is not training time
+
+    def _stop_early(self) -> None:
+        """early_stop validations in a row without a better ELBO: the run ends here (its last.pt
+        says so, so a resume does not train on)."""
+        s = self.state
+        s.stopped_early = True
+        self.run.append_metrics({"step": s.step, "split": "event", "event": "early_stop", "patience": self.cfg.early_stop,
+                                 "best_step": s.best_val["step"], "best_elbo": s.best_elbo,
+                                 "final_elbo": s.final_val["elbo"]})
+        log.info("early stop at step %d of %d: no better validation ELBO in %d validations (best %.3f at step %d, "
+                 "kept in checkpoints/best.pt)", s.step, self.parts.total_steps, self.cfg.early_stop, s.best_elbo,
+                 s.best_val["step"])
+        self.save()
 
     def _grids(self) -> None:
         t = time.time()
