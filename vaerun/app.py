@@ -116,7 +116,7 @@ def _share_cores(hc) -> None:
     torch.set_num_threads(max(1, cores // n_jobs))
 
 
-def _resumed_config(cfg: DictConfig, run, given: set = frozenset()):
+def _resumed_config(cfg: DictConfig, run, given: set):
     """The run's own resolved config (config.yaml), typed; `progress` and `device` may change, and
     its length where ``given`` (the keys set on the command line) holds `epochs` or `max_steps`."""
     from omegaconf import OmegaConf

@@ -184,11 +184,16 @@ def _check_new_length(run, given: set, epochs: int, max_steps: Optional[int]) ->
     from vaerun.runs import load_checkpoint_file
 
     saved = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
-    per_epoch = json.loads((run / "summary.json").read_text()).get("steps_per_epoch") if (run / "summary.json").is_file() else None
+    summary = run / "summary.json"
+    per_epoch = json.loads(summary.read_text()).get("steps_per_epoch") if summary.is_file() else None
     if not per_epoch:
-        return f"resume={run}: its summary.json has no steps_per_epoch, so a new length cannot be checked.\n  fix: start a new run"
+        return (f"resume={run}: its summary.json has no steps_per_epoch, so a new length cannot be checked.\n"
+                f"  fix: start a new run")
     new = resumed_length(saved, given, epochs, max_steps)
-    total = lambda c: c["max_steps"] if c["max_steps"] is not None else c["epochs"] * per_epoch  # noqa: E731
+
+    def total(c: dict) -> int:
+        return c["max_steps"] if c["max_steps"] is not None else c["epochs"] * per_epoch
+
     old_total, new_total = total(saved), total(new)
     asked = " ".join(f"{k}={new[k] if new[k] is not None else 'null'}" for k in RESUME_LENGTH if k in given)
     if new_total != old_total:

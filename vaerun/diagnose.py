@@ -199,14 +199,14 @@ def _train_elbo(train: list[dict], step: int, records: int = 2) -> Optional[floa
 
 
 def _overfitting(train: list[dict], vals: list[dict], config: dict) -> dict:
-    """The validation ELBO falling from its best over two or more validations while the training
-    ELBO keeps rising: the model learns its training images, not the data. Weights wandering at
-    too high a learning rate make the validation ELBO fall too, but not with a training ELBO that
-    rises by at least half as much (that is the optimization check's "noisy end")."""
-    best = max(range(len(vals)), key=lambda i: vals[i]["elbo"]) if vals else 0
-    v_best, v_end = (vals[best], vals[-1]) if vals else ({}, {})
-    t_best, t_end = (_train_elbo(train, v["step"]) if v else None for v in (v_best, v_end))
-    ev = {"best_step": v_best.get("step"), "validations_after_best": len(vals) - 1 - best}
+    """The validation ELBO (``vals``, not empty) falling from its best over two or more validations
+    while the training ELBO keeps rising: the model learns its training images, not the data.
+    Weights wandering at too high a learning rate make the validation ELBO fall too, but not with a
+    training ELBO that rises by at least half as much (that is the optimization check's "noisy end")."""
+    best = max(range(len(vals)), key=lambda i: vals[i]["elbo"])  # the first of equals, as training's best.pt
+    v_best, v_end = vals[best], vals[-1]
+    t_best, t_end = _train_elbo(train, v_best["step"]), _train_elbo(train, v_end["step"])
+    ev = {"best_step": v_best["step"], "validations_after_best": len(vals) - 1 - best}
     if None in (t_best, t_end):
         return verdict("overfitting", "ok", "no training record to compare with", ev, "")
     fall, rise = v_best["elbo"] - v_end["elbo"], t_end - t_best

@@ -204,6 +204,9 @@ class Trainer:
         dropped = self.run.truncate_metrics(self.state.step)
         log.info("resumed at step %d of %d (dropped %d metrics records logged after that checkpoint)",
                  self.state.step, self.parts.total_steps, dropped)
+        if self.state.stopped_early:
+            log.info("the run stopped early at step %d (early_stop=%d): nothing more to train", self.state.step,
+                     self.cfg.early_stop)
 
     def save(self, best: bool = False) -> None:
         state = checkpoint_state(self.parts, self.state, self.rngs, self.acc, self.config)

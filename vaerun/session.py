@@ -25,6 +25,7 @@ def _now() -> str:
 def train(cfg: TrainConfig, run, config: dict, *, bar: bool = False, resume: bool = False) -> dict:
     """Builds, trains and writes a complete run folder; with ``resume`` continues the run in
     ``run`` from its checkpoints/last.pt. ``config`` is the resolved config as plain containers."""
+    from vaerun.confcheck import RESUME_LENGTH
     from vaerun.progress import Reporter
     from vaerun.runs import provenance
 
@@ -33,7 +34,7 @@ def train(cfg: TrainConfig, run, config: dict, *, bar: bool = False, resume: boo
         summary = run.read_summary()
         summary.setdefault("resumed", []).append({"at": _now(), "from_status": summary.get("status")})
         before = run.read_config()
-        length = {k: (before.get(k), config.get(k)) for k in ("epochs", "max_steps") if before.get(k) != config.get(k)}
+        length = {k: (before.get(k), config.get(k)) for k in RESUME_LENGTH if before.get(k) != config.get(k)}
         if length:  # resumed with a new length: the config says so from now on
             summary["resumed"][-1]["length"] = {k: {"from": a, "to": b} for k, (a, b) in length.items()}
             run.write_config(config)
