@@ -419,3 +419,11 @@ def test_early_stop_ends_an_overfitting_run_at_its_patience(tmp_path):
                              "max_steps=600", "model.hidden=[256]", "schedule.warmup_steps=50", "early_stop=2"])
     train(cfg, run, resolved, resume=True)
     assert run.read_summary()["steps"] == stop["step"] and len(run.read_metrics("val")) == len(vals)
+
+
+def test_eval_on_the_training_split_measures_the_gap(tiny_run):
+    out = subprocess.run([VAERUN, "eval", str(tiny_run), "--iw-samples", "3", "--split", "train"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tiny_run / "eval.json").read_text())["train/best/K=3"]
+    assert res["n"] == json.loads((tiny_run / "summary.json").read_text())["train_examples"]

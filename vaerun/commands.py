@@ -79,7 +79,8 @@ def eval_main(argv: list[str]) -> int:
                                 "NLL with K samples. Writes eval.json into the run folder.")
     p.add_argument("run", help="a run folder")
     p.add_argument("--iw-samples", "-k", type=int, default=1000, help="K importance samples per example (default 1000)")
-    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test",
+                   help="test (default), val, or train: beside val, the generalization gap (overfitting)")
     p.add_argument("--batch-size", type=int, default=100, help="examples per batch (each decodes up to 64·B rows)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
