@@ -414,7 +414,8 @@ def test_early_stop_ends_an_overfitting_run_at_its_patience(tmp_path):
     assert len(event) == 1 and event[0]["patience"] == 2 and event[0]["best_step"] == best["step"]
     assert run.load_checkpoint("best")["loop"]["step"] == best["step"]
     assert run.load_checkpoint("last")["loop"]["stopped_early"]
-    assert "early_stop=3" not in checks(report)["overfitting"]["next_steps"]      # the run used it
+    over = checks(report)["overfitting"]
+    assert over["status"] == "ok" and over["verdict"] == f"early_stop ended the run 2 validations after its best (step {best['step']})"
     cfg, resolved = compose([*SMALL, "dataset.num_examples=300", "dataset.test_size=100", "batch_size=50",
                              "max_steps=600", "model.hidden=[256]", "schedule.warmup_steps=50", "early_stop=2"])
     train(cfg, run, resolved, resume=True)
@@ -427,3 +428,12 @@ def test_eval_on_the_training_split_measures_the_gap(tiny_run):
     assert out.returncode == 0, out.stderr
     res = json.loads((tiny_run / "eval.json").read_text())["train/best/K=3"]
     assert res["n"] == json.loads((tiny_run / "summary.json").read_text())["train_examples"]
+
+
+def test_an_early_stopped_run_that_memorised_is_not_a_learning_rate_problem():
+    from vaerun.diagnose import diagnose
+
+    vals, rising = [-150, -130, -124, -126, -131, -138], [-140, -115, -105, -98, -90, -82]
+    c = checks(diagnose(_records(vals, rising), {"early_stop": 3, "optimizer": {"lr": 1e-3}}))
+    assert c["overfitting"]["status"] == "ok" and c["overfitting"]["verdict"].startswith("early_stop ended the run 3")
+    assert c["overfitting"]["evidence"]["memorising"] and c["optimization"]["status"] == "ok"

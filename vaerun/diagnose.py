@@ -213,9 +213,16 @@ def _overfitting(train: list[dict], vals: list[dict], config: dict) -> dict:
     ev.update(val_elbo_best=round(v_best["elbo"], 3), val_elbo_final=round(v_end["elbo"], 3),
               train_elbo_at_best=round(t_best, 3), train_elbo_final=round(t_end, 3),
               gap_at_best=round(t_best - v_best["elbo"], 3), gap_final=round(t_end - v_end["elbo"], 3))
-    if not (ev["validations_after_best"] >= 2 and fall > 0.02 * abs(v_best["elbo"]) and rise >= 0.5 * fall):
-        return verdict("overfitting", "ok", "no: the validation ELBO did not fall while the training ELBO rose", ev,
-                       f"train − validation ELBO gap {ev['gap_final']:.2f} nats at the end")
+    ev["memorising"] = ev["validations_after_best"] >= 2 and fall > 0.02 * abs(v_best["elbo"]) and rise >= 0.5 * fall
+    patience = config.get("early_stop") or 0
+    if patience and ev["validations_after_best"] >= patience:  # the run stopped itself: nothing left to advise
+        return verdict("overfitting", "ok", f"early_stop ended the run {ev['validations_after_best']} validations after "
+                       f"its best (step {v_best['step']})", ev,
+                       f"the train − validation ELBO gap went from {ev['gap_at_best']:.2f} to {ev['gap_final']:.2f} "
+                       "nats after the best; checkpoints/best.pt holds the best weights")
+    if not ev["memorising"]:
+        return verdict("overfitting", "ok", "no: the validation ELBO did not fall more than 2 % from its best while "
+                       "the training ELBO rose", ev, f"train − validation ELBO gap {ev['gap_final']:.2f} nats at the end")
     data = config.get("dataset", {}) or {}
     steps = (["dataset.binarize=dynamic"] if data.get("binarize") == "static" else []) + \
             (["dataset.subset=null"] if data.get("subset") else []) + \
@@ -234,7 +241,8 @@ def _overfitting(train: list[dict], vals: list[dict], config: dict) -> dict:
 
 def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: float, ema: float,
                   lr_scheduler: str, longer: str, overfit: bool) -> dict:
-    """``overfit``: the overfitting check explains a fall of the validation ELBO, so it is not counted here."""
+    """``overfit``: the overfitting check found the fall of the validation ELBO to be memorising (an
+    early-stopped run included), so it is not counted here."""
     loss = [r["loss"] for r in train if isinstance(r.get("loss"), (int, float))]
     gn = [r["grad_norm"] for r in train if isinstance(r.get("grad_norm"), (int, float))]
     elbos = [v["elbo"] for v in vals]
@@ -354,7 +362,7 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
     overfitting = _overfitting(train, vals, config)
     optimization = _optimization(train, vals, events, lr, opt.get("ema", 0.0) or 0.0,
                                  opt.get("lr_scheduler", "none") or "none", _longer(config, total),
-                                 overfitting["status"] != "ok")
+                                 overfitting["evidence"].get("memorising", False))
     out = [_collapse(vals[-1], zdep, thr, beta, total, config.get("model", {}).get("name", "mlp"), config),
            _lagging(vals[-1], config, total),
            _early_vanishing(vals, thr, early), _imbalance(vals[-1], beta, thr), optimization, overfitting,
