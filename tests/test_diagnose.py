@@ -437,3 +437,18 @@ def test_an_early_stopped_run_that_memorised_is_not_a_learning_rate_problem():
     c = checks(diagnose(_records(vals, rising), {"early_stop": 3, "optimizer": {"lr": 1e-3}}))
     assert c["overfitting"]["status"] == "ok" and c["overfitting"]["verdict"].startswith("early_stop ended the run 3")
     assert c["overfitting"]["evidence"]["memorising"] and c["optimization"]["status"] == "ok"
+
+
+def test_diagnose_again_updates_what_compare_shows(tiny_run):
+    """A run diagnosed again (say, by a newer vaerun) kept its old verdict in summary.json, so
+    `vaerun compare` showed it: 'problem (optimization)' for a run now found to be overfitting."""
+    path = tiny_run / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["diagnosis"] = {"overall": "problem", "headline": "stale", "checks": {"optimization": "problem"}}
+    path.write_text(json.dumps(summary))
+    assert subprocess.run([VAERUN, "diagnose", str(tiny_run)], capture_output=True, timeout=120).returncode == 0
+    report = json.loads((tiny_run / "diagnosis.json").read_text())
+    now = json.loads(path.read_text())
+    assert now["diagnosis"]["headline"] == report["headline"] != "stale"
+    assert now["diagnosis"]["checks"] == {v["name"]: v["status"] for v in report["verdicts"]}
+    assert {k: v for k, v in now.items() if k != "diagnosis"} == {k: v for k, v in summary.items() if k != "diagnosis"}

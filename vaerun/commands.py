@@ -127,8 +127,10 @@ def eval_main(argv: list[str]) -> int:
 
 
 def diagnose_run(run, checkpoint: str = "last") -> dict:
-    """Verdicts for a run (api.Run); writes diagnosis.json and diagnosis.md into its folder."""
-    from vaerun.diagnose import diagnose, to_markdown, z_dependence
+    """Verdicts for a run (api.Run); writes diagnosis.json and diagnosis.md into its folder and,
+    unless the run is still training (whose own summary writes would race with this one), the
+    diagnosis in summary.json that `vaerun compare` shows."""
+    from vaerun.diagnose import diagnose, summary_entry, to_markdown, z_dependence
 
     zdep = None
     if run.folder.checkpoint_file(checkpoint).exists():
@@ -136,6 +138,10 @@ def diagnose_run(run, checkpoint: str = "last") -> dict:
     report = diagnose(run.metrics, run.config, zdep)
     run.folder.write_report("diagnosis.json", report)
     run.folder.write_report("diagnosis.md", to_markdown(report, str(run.path)))
+    summary = run.folder.read_summary()
+    if summary.get("status") not in (None, "running") and report["overall"] != "unknown":
+        summary["diagnosis"] = summary_entry(report)
+        run.folder.write_summary(summary)
     return report
 
 

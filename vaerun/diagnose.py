@@ -379,6 +379,13 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
     return {"overall": worst["status"], "headline": headline, "step": vals[-1]["step"], "verdicts": out}
 
 
+def summary_entry(report: dict) -> dict:
+    """What summary.json keeps of a diagnosis (and `vaerun compare` shows): the overall status,
+    the headline and each check's status."""
+    return {"overall": report["overall"], "headline": report["headline"],
+            "checks": {v["name"]: v["status"] for v in report["verdicts"]}}
+
+
 def to_markdown(report: dict, run_path: str) -> str:
     lines = [f"# Diagnosis of `{run_path}`", "", f"**Overall: {report['overall']}** — {report['headline']}", "",
              "| check | status | verdict | evidence |", "| --- | --- | --- | --- |"]

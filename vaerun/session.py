@@ -106,7 +106,7 @@ def train(cfg: TrainConfig, run, config: dict, *, bar: bool = False, resume: boo
 
 def _diagnose(run, config: dict, parts, seed: int) -> dict:
     """Runs `vaerun diagnose` on the finished model; returns the verdicts for summary.json."""
-    from vaerun.diagnose import diagnose, to_markdown, z_dependence
+    from vaerun.diagnose import diagnose, summary_entry, to_markdown, z_dependence
 
     with parts.evaluated():  # the weights the validation records were computed with
         zdep = z_dependence(parts.model, parts.data, seed=seed)
@@ -114,8 +114,7 @@ def _diagnose(run, config: dict, parts, seed: int) -> dict:
     run.write_report("diagnosis.json", report)
     run.write_report("diagnosis.md", to_markdown(report, str(run.path)))
     log.info("diagnosis: %s — %s (details: vaerun diagnose %s)", report["overall"], report["headline"], run.path)
-    return {"overall": report["overall"], "headline": report["headline"],
-            "checks": {v["name"]: v["status"] for v in report["verdicts"]}}
+    return summary_entry(report)
 
 
 def _pictures(cfg: TrainConfig, run, parts) -> None:
