@@ -173,6 +173,7 @@ def ema_decay_for(steps: int) -> float:
 
 
 # a final ELBO this far below the best (relative) is a problem even without instability
+FALL_NOTICED = 0.02  # a final validation ELBO this far (relative) below the best is a fall worth a verdict
 FALL_PROBLEM = 0.10
 
 
@@ -213,7 +214,8 @@ def _overfitting(train: list[dict], vals: list[dict], config: dict) -> dict:
     ev.update(val_elbo_best=round(v_best["elbo"], 3), val_elbo_final=round(v_end["elbo"], 3),
               train_elbo_at_best=round(t_best, 3), train_elbo_final=round(t_end, 3),
               gap_at_best=round(t_best - v_best["elbo"], 3), gap_final=round(t_end - v_end["elbo"], 3))
-    ev["memorising"] = ev["validations_after_best"] >= 2 and fall > 0.02 * abs(v_best["elbo"]) and rise >= 0.5 * fall
+    ev["memorising"] = (ev["validations_after_best"] >= 2 and fall > FALL_NOTICED * abs(v_best["elbo"])
+                        and rise >= 0.5 * fall)
     patience = config.get("early_stop") or 0
     if patience and ev["validations_after_best"] >= patience:  # the run stopped itself: nothing left to advise
         return verdict("overfitting", "ok", f"early_stop ended the run {ev['validations_after_best']} validations after "
@@ -261,7 +263,7 @@ def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: f
     if ev["loss_spikes"] + ev["grad_spikes"] > MAX_SPIKES:
         issues.append(f"{ev['loss_spikes']} loss and {ev['grad_spikes']} gradient spikes")
     fall = (best - elbos[-1]) / abs(best) if elbos and best != 0 else 0.0
-    fell = f"final ELBO {elbos[-1]:.2f} fell from the best {best:.2f}" if fall > 0.02 and not overfit else None
+    fell = f"final ELBO {elbos[-1]:.2f} fell from the best {best:.2f}" if fall > FALL_NOTICED and not overfit else None
     if fell and (issues or fall > FALL_PROBLEM):
         issues.append(fell)
     if issues:
@@ -282,7 +284,8 @@ def _optimization(train: list[dict], vals: list[dict], events: list[dict], lr: f
         return verdict("optimization", "ok", "stable, and still improving at the end", ev,
                        "the ELBO rose by more than 1% over the last quarter: the run stopped early, or the "
                        f"learning rate is low; `vaerun train resume=RUN {longer}` continues this run to that length "
-                       "(not under a cyclical β or a cosine learning rate, which are drawn over the run's length)", [longer, *([f"optimizer.lr={min(lr * 3, 3e-3):.2g}"] if lr < 3e-3 else [])])
+                       "(not under a cyclical β or a cosine learning rate, which are drawn over the run's length)",
+                       [longer, *([f"optimizer.lr={min(lr * 3, 3e-3):.2g}"] if lr < 3e-3 else [])])
     if len(elbos) < 3:
         return verdict("optimization", "ok", f"stable: no non-finite steps or spikes; {len(elbos)} validation "
                        f"pass{'es' if len(elbos) != 1 else ''}, too few to tell whether the ELBO settled", ev,
