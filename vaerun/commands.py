@@ -239,8 +239,7 @@ def compare_main(argv: list[str]) -> int:
         tables = _fit_tables(title, cols, cells, styles, numeric, limit)
         for t in tables:
             _console(t).print(t)
-        note = report.table_notes(runs, table)  # nats on different scales, nll_iw on a subset
-        if note:
+        for note in report.table_notes(runs, table):  # nats on different scales, nll_iw on a subset
             console.print(note, highlight=False)
     if not a.no_report:
         out = __import__("pathlib").Path(a.out) if a.out else report.common_parent(a.paths)

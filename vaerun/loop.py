@@ -275,9 +275,7 @@ class Trainer:
             self._log_train(beta, gnorm)
         if step % cfg.eval_every == 0 or last:
             self._evaluate(beta)
-            if not last and cfg.early_stop and self.state.since_best >= cfg.early_stop:
-                self._stop_early()
-                last = True  # the end of the run: its grids as at the last step
+            last = last or self.state.stopped_early  # early_stop ended the run: its grids as at the last step
         elif step % cfg.checkpoint_every == 0:
             self.save()
         if step % cfg.sample_every == 0 or last:
@@ -369,12 +367,14 @@ class Trainer:
             s.best_elbo, s.best_val = v["elbo"], dict(v)
         s.since_best = 0 if is_best else s.since_best + 1
         s.final_val = v
-        self.save(best=is_best)
+        if self.cfg.early_stop and s.since_best >= self.cfg.early_stop and s.step < p.total_steps:
+            self._stop_early()
+        self.save(best=is_best)  # after _stop_early: last.pt remembers it
         self.t_log += time.time() - t  # evaluation time is not training time
 
     def _stop_early(self) -> None:
-        """early_stop validations in a row without a better ELBO: the run ends here (its last.pt
-        says so, so a resume does not train on)."""
+        """early_stop validations in a row without a better ELBO: the run ends here (the checkpoint
+        written next says so, so a resume does not train on)."""
         s = self.state
         s.stopped_early = True
         self.run.append_metrics({"step": s.step, "split": "event", "event": "early_stop", "patience": self.cfg.early_stop,
@@ -383,7 +383,6 @@ class Trainer:
         log.info("early stop at step %d of %d: no better validation ELBO in %d validations (best %.3f at step %d, "
                  "kept in checkpoints/best.pt)", s.step, self.parts.total_steps, self.cfg.early_stop, s.best_elbo,
                  s.best_val["step"])
-        self.save()
 
     def _grids(self) -> None:
         t = time.time()

@@ -144,9 +144,6 @@ def iw_note(table: list[dict]) -> Optional[str]:
             "on the whole split")
 
 
-DENSITIES = ("gaussian", "continuous_bernoulli")  # densities on [0, 1]; logistic and bernoulli are probabilities
-
-
 def _measures(run: dict) -> tuple[tuple, str, str]:
     """What a run's elbo, recon and nll_iw are nats of: its data (dataset, binarization, shape) and
     its likelihood's kind, with the likelihood as the note names it. The kind is a density, a
@@ -155,10 +152,12 @@ def _measures(run: dict) -> tuple[tuple, str, str]:
     c = run["config"]
     binarize = c.get("dataset.binarize") or "none"
     data = (c.get("dataset.name"), binarize, "x".join(map(str, run["summary"].get("data_shape") or [])))
+    from vaerun.likelihoods import LIKELIHOODS
+
     lik = c.get("likelihood.name")
     audit = next((r for r in run["records"] if r.get("split") == "audit"), {})
     binary = audit.get("binary", binarize != "none")
-    if lik in DENSITIES:
+    if getattr(LIKELIHOODS.get(lik), "continuous", False):  # a density on [0, 1], as bits/dim treats it
         return data, "densities", lik
     if lik != "bernoulli":
         return data, "probabilities", lik
@@ -188,9 +187,9 @@ def units_note(runs: list[dict]) -> Optional[str]:
             f"these runs mix {' and '.join(mixed)}")
 
 
-def table_notes(runs: list[dict], table: list[dict]) -> Optional[str]:
-    """The notes under a comparison table (units, then nll_iw's subset), or None."""
-    return "\n".join(n for n in (units_note(runs), iw_note(table)) if n) or None
+def table_notes(runs: list[dict], table: list[dict]) -> list[str]:
+    """The notes under a comparison table: units, then nll_iw's subset (each when it applies)."""
+    return [n for n in (units_note(runs), iw_note(table)) if n]
 
 
 def _diagnosis(summary: dict) -> Optional[str]:
@@ -376,8 +375,8 @@ def write_reports(runs: list[dict], table: list[dict], out: Path, keys: Optional
     md = ["# vaerun compare", "", f"{len(runs)} runs; config keys that differ: {', '.join(every) or 'none'}.", "",
           "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     md += ["| " + " | ".join(c) + " |" for c in cells]
-    note = table_notes(runs, table)
-    md += ["", *note.split("\n")] if note else []
+    notes = table_notes(runs, table)
+    md += ["", *notes] if notes else []
     md += ["", "## Rate–distortion", "", "![rate-distortion](report_files/rate_distortion.png)", "",
            "## Curves", "", "![curves](report_files/curves.png)", "", "## KL per dimension", "",
            "![kl per dim](report_files/kl_per_dim.png)", "", "## Samples", ""]
@@ -395,7 +394,7 @@ def write_reports(runs: list[dict], table: list[dict], out: Path, keys: Optional
 
     rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in c_) + "</tr>" for c_ in cells)
     body = [f"<h1>vaerun compare</h1><p>{len(runs)} runs; config keys that differ: {html.escape(', '.join(every))}</p>",
-            "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + f"</tr>{rows_html}</table>" + "".join(f"<p>{html.escape(n)}</p>" for n in (note or "").split("\n") if n),
+            "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + f"</tr>{rows_html}</table>" + "".join(f"<p>{html.escape(n)}</p>" for n in notes),
             "<h2>Rate–distortion</h2>", img(files / "rate_distortion.png", "rate-distortion"),
             "<h2>Curves</h2>", img(files / "curves.png", "curves"),
             "<h2>KL per dimension</h2>", img(files / "kl_per_dim.png", "kl per dim"), "<h2>Samples</h2>",
