@@ -107,7 +107,7 @@ def test_diagnose_command_prints_and_writes(tiny_run):
     assert json.loads((tiny_run / "diagnosis.json").read_text())["verdicts"]
     assert (tiny_run / "diagnosis.md").read_text().startswith("# Diagnosis")
     bad = subprocess.run([VAERUN, "diagnose", str(tiny_run / "nope")], capture_output=True, text=True)
-    assert bad.returncode == 2 and "not a vaerun run folder" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_a_code_under_one_nat_whose_decoder_ignores_z_is_near_total_collapse():

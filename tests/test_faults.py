@@ -396,7 +396,32 @@ def test_resume_refuses_config_changes_and_non_runs(tmp_path, finished_run):
     out = subprocess.run([VAERUN, "train", f"resume={finished_run}", "beta=3"], capture_output=True, text=True)
     assert out.returncode == 2 and "beta=3" in out.stderr and "fix:" in out.stderr
     out = subprocess.run([VAERUN, "train", f"resume={tmp_path}"], capture_output=True, text=True)
-    assert out.returncode == 2 and "not a vaerun run folder" in out.stderr
+    assert out.returncode == 2 and "no config.yaml" in out.stderr
+
+
+def test_a_path_that_is_not_a_run_says_what_to_pass_instead(tmp_path):
+    """A sweep folder, a folder inside a run and a missing path each get their own fix."""
+    from vaerun.api import load_run
+    from vaerun.errors import VaerunError
+    from vaerun.runs import not_a_run
+
+    sweep = tmp_path / "multirun" / "2026-11-28" / "12-00-00"
+    for job in ("0_beta=0.5", "1_beta=2"):
+        (sweep / job / "checkpoints").mkdir(parents=True)
+        (sweep / job / "config.yaml").write_text("beta: 1\n")
+        (sweep / job / "summary.json").write_text("{}")
+    msg = not_a_run(sweep, "resume={}")
+    assert "holds 2 runs" in msg and f"resume={sweep / '0_beta=0.5'}" in msg and f"vaerun compare {sweep}" in msg
+    assert "holds 2 runs" in not_a_run(tmp_path / "multirun", "{}")          # outputs/multirun: runs 3 deep
+    msg = not_a_run(sweep / "1_beta=2" / "checkpoints", "{}")
+    assert "inside the run folder" in msg and msg.endswith(str((sweep / "1_beta=2").resolve()))
+    assert "does not exist" in not_a_run(tmp_path / "nope", "{}")
+    (tmp_path / "empty").mkdir()
+    assert "no config.yaml" in not_a_run(tmp_path / "empty", "{}")
+    with pytest.raises(VaerunError, match="holds 2 runs"):
+        load_run(sweep)
+    out = subprocess.run([VAERUN, "train", f"resume={sweep}"], capture_output=True, text=True)
+    assert out.returncode == 2 and "holds 2 runs" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_a_failing_sweep_job_leaves_the_others_complete(tmp_path):

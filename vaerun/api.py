@@ -27,9 +27,9 @@ class Run:
         self.folder = RunFolder(path)
         if not self.folder.config_file.exists():
             from vaerun.errors import VaerunError
+            from vaerun.runs import not_a_run
 
-            raise VaerunError(f"{path} is not a vaerun run folder (no config.yaml).\n"
-                              f"  fix: pass a folder written by vaerun train, e.g. outputs/<date>/<time>")
+            raise VaerunError(not_a_run(path, "{}"))
         self.path, self.device = self.folder.path, torch.device(device)
         self._models: dict[str, torch.nn.Module] = {}
         self._data = None

@@ -126,8 +126,9 @@ def _resumed_config(cfg: DictConfig, run, given: set):
     from vaerun.errors import CheckpointError
 
     if not run.config_file.exists():
-        raise CheckpointError(f"resume={run.path}: not a vaerun run folder (no config.yaml).\n"
-                              f"  fix: pass a folder written by vaerun train, e.g. outputs/<date>/<time>")
+        from vaerun.runs import not_a_run
+
+        raise CheckpointError(f"resume={not_a_run(run.path, 'resume={}')}")
     saved = run.read_config()
     saved.update(progress=OmegaConf.to_container(cfg, enum_to_str=True)["progress"],
                  device=OmegaConf.to_container(cfg, enum_to_str=True)["device"], resume=None)

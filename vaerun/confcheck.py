@@ -149,8 +149,9 @@ def check_resume(folder: str, overrides: list[str], cfg) -> Optional[str]:
                 f"changed (only its length: epochs, max_steps).\n  fix: drop {' '.join(changed)}, or start a new run")
     run = Path(folder)
     if not (run / "config.yaml").is_file():
-        return (f"resume={folder}: not a vaerun run folder (no config.yaml there).\n"
-                f"  fix: pass a run folder, e.g. resume=outputs/<date>/<time>")
+        from vaerun.runs import not_a_run
+
+        return f"resume={not_a_run(folder, 'resume={}')}"
     if not (run / "checkpoints" / "last.pt").is_file():
         return (f"resume={folder}: the run has no checkpoint yet (checkpoints/last.pt); it stopped before its "
                 f"first step.\n  fix: start it again as a new run")

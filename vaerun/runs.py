@@ -312,6 +312,29 @@ def find_runs(paths: Iterable[str | os.PathLike]) -> list[RunFolder]:
     return found
 
 
+def not_a_run(path: str | os.PathLike, example: str) -> str:
+    """Why ``path`` is not a run folder and what to pass instead, for an error message: the path
+    is missing, is a sweep or parent folder (its runs named), lies inside a run, or is something
+    else. ``example`` shows the argument as the user wrote it, with {} for the path."""
+    p = Path(path)
+    if not p.exists():
+        return f"{path} does not exist.\n  fix: pass a run folder, e.g. {example.format('outputs/<date>/<time>')}"
+    if p.is_dir():
+        inner = sorted({x.parent for depth in range(1, 5) for x in p.glob("*/" * depth + "summary.json")})
+        inner = [RunFolder(x) for x in inner]  # a sweep's runs lie 1 deep, outputs/multirun's 4: no deeper walk
+        if inner:
+            names = ", ".join(str(r.path) for r in inner[:3]) + (f" and {len(inner) - 3} more" if len(inner) > 3 else "")
+            return (f"{path} is not a run folder but holds {len(inner)} run{'s' if len(inner) > 1 else ''} "
+                    f"({names}).\n  fix: pass one of them, e.g. {example.format(inner[0].path)}; "
+                    f"`vaerun compare {path}` shows them all side by side")
+    for parent in p.resolve().parents:
+        if (parent / "config.yaml").is_file() and (parent / "summary.json").is_file():
+            return (f"{path} lies inside the run folder {parent}.\n  fix: pass the run folder itself, "
+                    f"e.g. {example.format(parent)}")
+    return (f"{path} is not a vaerun run folder (no config.yaml).\n  fix: pass a folder written by vaerun "
+            f"train, e.g. {example.format('outputs/<date>/<time>')}")
+
+
 def provenance() -> dict:
     """Versions of Python, torch and vaerun, and the git commit of vaerun's source tree if any."""
     import torch
