@@ -199,3 +199,32 @@ def test_the_val_log_line_puts_a_subset_nll_iw_beside_its_own_bound(caplog):
     subset, whole = (r.getMessage() for r in caplog.records)
     assert "elbo -94.800" in subset and "nll_iw(K=50) 91.329 on 256 ex (−elbo 94.450 there)" in subset
     assert whole.endswith("nll_iw(K=50) 91.329")   # the whole split: −elbo is the line's own
+
+
+def test_the_train_log_line_says_the_time_left_validations_included(caplog, monkeypatch):
+    """Steps at the training pace so far, plus the validations still to come at their measured
+    cost; before one is timed, their number. A step's own validation comes after its line."""
+    from vaerun import progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    r = progress.Reporter(1000, bar=False, eval_every=300)                 # validations at 300, 600, 900, 1000
+    assert [r.validations_left(s) for s in (1, 299, 300, 301, 900, 901, 1000)] == [4, 4, 4, 3, 2, 1, 1]
+    rec = {"epoch": 0.1, "loss": 1.0, "recon": 1.0, "kl": 0.0, "beta": 1.0, "lr": 1e-3, "examples_per_sec": 5e3}
+    with caplog.at_level("INFO", logger="vaerun"):
+        clock[0] = 110.0                                                    # 100 steps in 10 s
+        r.train({**rec, "step": 100})
+        clock[0] = 130.0
+        r.advance(300)
+        r.train({**rec, "step": 300})
+        clock[0] = 160.0                                                    # a validation of 30 s
+        r.val({"step": 300, "elbo": -1.0, "recon": 1.0, "kl": 0.0, "kl_per_dim": [0.0], "active_units": 0,
+               "mi": 0.0, "n": 10}, best=True)
+        clock[0] = 170.0
+        r.train({**rec, "step": 400})                                       # 600 steps at 0.1 s + 3 x 30 s
+    lines = [x.getMessage() for x in caplog.records if x.getMessage().startswith("step")]
+    assert lines[0].endswith("| 1m30s left + 4 validations")
+    assert lines[1].endswith("| 1m10s left + 4 validations")
+    assert lines[2].endswith("| 2m30s left")
+    assert progress.Reporter(0, bar=False).time_left(0, 0.0) == ""            # nothing done yet: no guess
+    assert [progress.duration(x) for x in (4.6, 65, 3725)] == ["5s", "1m05s", "1h02m"]

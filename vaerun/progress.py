@@ -4,6 +4,7 @@ vaerun's Hydra logging config installs, so log lines print above the bar, never 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Optional
 
 log = logging.getLogger("vaerun")
@@ -23,12 +24,48 @@ def use_bar(mode: str, launcher: Optional[str] = "basic") -> bool:
     return console.is_interactive and launcher in (None, "basic")
 
 
-class Reporter:
-    """Shows training progress; every call is cheap (values arrive already as Python floats)."""
+def duration(seconds: float) -> str:
+    """45s, 2m05s, 1h07m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
-    def __init__(self, total_steps: int, bar: bool, start: int = 0):
-        self.total, self.bar, self.start = total_steps, bar, start
+
+class Reporter:
+    """Shows training progress; every call is cheap (values arrive already as Python floats).
+
+    Off a terminal each train line ends with the time left: the remaining steps at the training
+    pace so far (validation excluded) plus the remaining validations at their measured mean cost;
+    before the first validation has been timed, the line names how many are still to come."""
+
+    def __init__(self, total_steps: int, bar: bool, start: int = 0, eval_every: int = 0):
+        self.total, self.bar, self.start, self.eval_every = total_steps, bar, start, eval_every
         self._progress = self._task = None
+        self._t0 = self._last_step = time.monotonic()
+        self._val_seconds, self._vals = 0.0, 0
+
+    def validations_left(self, step: int) -> int:
+        """Validations still to run once ``step`` is logged (its own included: a step's train line
+        comes before its validation): every ``eval_every`` steps and at the last step."""
+        if not self.eval_every or step > self.total:
+            return 0
+        e = self.eval_every
+        return self.total // e - (step - 1) // e + (self.total % e > 0)
+
+    def time_left(self, step: int, now: float) -> str:
+        done = step - self.start
+        if done <= 0:
+            return ""
+        train = (now - self._t0 - self._val_seconds) / done * (self.total - step)
+        vals = self.validations_left(step)
+        if not vals:
+            return f"{duration(train)} left"
+        if self._vals:
+            return f"{duration(train + vals * self._val_seconds / self._vals)} left"
+        return f"{duration(train)} left + {vals} validation{'s' if vals > 1 else ''}"
 
     def __enter__(self) -> "Reporter":
         if self.bar:
@@ -51,6 +88,7 @@ class Reporter:
             self._progress.stop()
 
     def advance(self, step: int) -> None:
+        self._last_step = time.monotonic()  # a validation that follows is timed from here
         if self._progress is not None:
             self._progress.update(self._task, completed=step)
 
@@ -59,11 +97,13 @@ class Reporter:
             self._progress.update(self._task, completed=rec["step"], epoch=rec["epoch"], loss=rec["loss"],
                                   recon=rec["recon"], kl=rec["kl"], beta=rec["beta"], speed=rec["examples_per_sec"])
         else:
-            log.info("step %d/%d (epoch %.2f) | loss %.3f | recon %.3f | kl %.3f | β %.3f | lr %.2e | %s ex/s",
+            left = self.time_left(rec["step"], time.monotonic())
+            log.info("step %d/%d (epoch %.2f) | loss %.3f | recon %.3f | kl %.3f | β %.3f | lr %.2e | %s ex/s%s",
                      rec["step"], self.total, rec["epoch"], rec["loss"], rec["recon"], rec["kl"], rec["beta"],
-                     rec["lr"], f"{rec['examples_per_sec']:,.0f}")
+                     rec["lr"], f"{rec['examples_per_sec']:,.0f}", f" | {left}" if left else "")
 
     def val(self, rec: dict, best: bool) -> None:
+        self._val_seconds, self._vals = self._val_seconds + time.monotonic() - self._last_step, self._vals + 1
         d = len(rec["kl_per_dim"])
         if self._progress is not None:
             self._progress.update(self._task, au=f"{rec['active_units']}/{d}")
