@@ -24,20 +24,27 @@ def verdict(name: str, status: str, text: str, evidence: dict, why: str, steps: 
 
 
 @torch.no_grad()
+@torch.no_grad()
 def z_dependence(model: VAE, data: Data, n: int = 500, seed: int = 0) -> dict:
     """Does the decoder use z? Mean recon (nats) of validation images with z from q(z|x), with z
-    shuffled across the batch, and with z from the prior. If shuffling barely hurts, z is ignored."""
+    shuffled across the batch, and with z from the prior. If shuffling barely hurts, z is ignored.
+    Every draw comes from one generator seeded by ``seed``: training's diagnosis and `vaerun
+    diagnose` give the same numbers."""
     gen = torch.Generator(device=data.train.images.device).manual_seed(seed + 271828)
     x = data.prepare(data.val.images[:n], gen)
     model.eval()
     mu, logvar = model.encode(x)
-    z = model.reparameterize(mu, logvar)
+
+    def normal():
+        return torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
+
+    z = mu + torch.exp(0.5 * logvar) * normal()
     perm = torch.randperm(x.shape[0], generator=gen, device=x.device)
 
     def recon(zz):
         return -model.likelihood.log_prob(model.decode_pieces(zz, x), x).mean().item()
 
-    out = {"recon_posterior": recon(z), "recon_shuffled": recon(z[perm]), "recon_prior": recon(torch.randn_like(z))}
+    out = {"recon_posterior": recon(z), "recon_shuffled": recon(z[perm]), "recon_prior": recon(normal())}
     out["shuffle_penalty"] = out["recon_shuffled"] - out["recon_posterior"]
     return out
 
