@@ -55,7 +55,7 @@ def test_image_folder_rgb_mixed_sizes_and_labels(tmp_path):
     make_image_folder(tmp_path, n=30)
     d = load_data("image_folder", path=str(tmp_path), image_size=12, channels=3, val_size=5, test_size=5)
     assert d.shape == (3, 12, 12) and len(d.train) == 20
-    assert set(d.train.labels.tolist()) == {0, 1}
+    assert set(d.train.labels.tolist()) == {0, 1} and d.label_names == ("cats", "dogs")   # the subfolders
     grey = load_data("image_folder", path=str(tmp_path), image_size=12, channels=1, val_size=5, test_size=5)
     assert grey.shape == (1, 12, 12)
 
@@ -120,6 +120,10 @@ def test_real_mnist_loads_as_uint8_tensors(name):
     assert (len(d.train), len(d.val), len(d.test)) == (55000, 5000, 10000)
     assert d.shape == (1, 28, 28) and d.train.images.dtype == torch.uint8
     assert d.train.labels.shape == (55000,)
+    if name == "fashion_mnist":                                     # the latent map's legend: torchvision's names
+        from torchvision.datasets import FashionMNIST
+
+        assert list(d.label_names) == FashionMNIST.classes
 
 
 def test_dynamic_binarization_is_bernoulli_of_the_grey_level():

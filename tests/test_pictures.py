@@ -224,3 +224,29 @@ def test_color_by_on_classes_or_no_labels_is_an_error_not_ignored():
     assert pictures.latent_map_figure(post, (), None, 0.01)[1]["color_by"] is None
     with pytest.raises(ValueError, match="no labels"):
         pictures.latent_map_figure(post, (), "class", 0.01)
+
+
+def test_the_colour_key_names_categories_and_keeps_a_bar_for_many_values():
+    """The default shapes map was coloured by shape id on a 0..2 colour bar with ticks at 0.25:
+    a few categories get a legend of names, many values a colour bar (cyclic for a rotation)."""
+    from vaerun.data import CLASS_NAMES, SHAPES_FACTORS
+
+    n = 60
+    factors = torch.stack([torch.arange(n) % 3, 0.6 + 0.08 * (torch.arange(n) % 6),
+                           (2 * math.pi / 40) * (torch.arange(n) % 40), torch.rand(n), torch.rand(n)], 1).float()
+    post = {"mu": torch.randn(n, 3), "logvar": torch.zeros(n, 3), "kl_per_dim": torch.rand(3), "labels": factors}
+    value_names = {"shape": ("square", "ellipse", "heart")}
+    fig, info = pictures.latent_map_figure(post, SHAPES_FACTORS, None, 0.01, value_names)
+    assert info["color_by"] == "shape" and info["legend"] == ["square", "ellipse", "heart"]
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["square", "ellipse", "heart"]
+    assert len(fig.axes) == 3                                                # no colour bar beside the legend
+    assert pictures.latent_map_figure(post, SHAPES_FACTORS, "scale", 0.01, value_names)[1]["legend"] == \
+        ["0.6", "0.68", "0.76", "0.84", "0.92", "1"]
+    fig, info = pictures.latent_map_figure(post, SHAPES_FACTORS, "rotation", 0.01, value_names)
+    assert info["legend"] is None and len(fig.axes) == 4                     # 40 values: a colour bar
+    assert fig.axes[1].collections[0].get_cmap().name == "twilight"          # an angle wraps around
+    classes = {"mu": torch.randn(n, 3), "logvar": torch.zeros(n, 3), "kl_per_dim": torch.rand(3),
+               "labels": torch.arange(n) % 10}
+    assert pictures.latent_map_figure(classes, CLASS_NAMES["fashion_mnist"], None, 0.01)[1]["legend"][-1] == "Ankle boot"
+    folder = {**classes, "labels": torch.tensor([-1, 0, 1] * 20)}           # image_folder: a top-level file is -1
+    assert pictures.latent_map_figure(folder, ("cats", "dogs"), None, 0.01)[1]["legend"] == ["(none)", "cats", "dogs"]

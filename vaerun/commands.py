@@ -391,7 +391,8 @@ def latents_main(argv: list[str]) -> int:
     model, data = run.model(a.checkpoint), run.data()
     post = posterior(model, data, "val", max_examples=a.examples, seed=run.cfg.seed)
     try:
-        fig, info = latent_map_figure(post, data.label_names, a.color_by, run.cfg.diagnostics.collapse_threshold)
+        fig, info = latent_map_figure(post, data.label_names, a.color_by, run.cfg.diagnostics.collapse_threshold,
+                                      data.value_names)
     except ValueError as err:
         factors = post.get("labels") is not None and post["labels"].ndim == 2
         raise VaerunError(f"{err}\n  fix: {'pick a listed factor or ' if factors else ''}drop --color-by") from None

@@ -24,6 +24,12 @@ log = logging.getLogger("vaerun")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SHAPE_NAMES = ("square", "ellipse", "heart")
 SHAPES_FACTORS = ("shape", "scale", "rotation", "x", "y")
+CLASS_NAMES = {  # torchvision's order of the class ids
+    "mnist": tuple(str(i) for i in range(10)),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
 
 
 @dataclass
@@ -53,6 +59,7 @@ class Data:
     test: Split
     binarize: str = "none"                   # none | static | dynamic (static is applied at load)
     label_names: Sequence[str] = field(default_factory=tuple)  # class names, or factor names
+    value_names: dict = field(default_factory=dict)  # factor -> names of its integer values (shapes: shape)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -243,7 +250,8 @@ def _read_cifar10(folder: str) -> tuple[Split, Split]:
 
 
 # ---------------------------------------------------------------- image folders
-def _load_image_folder(path: str, image_size: int, channels: int, on_bad_image: str = "error") -> Split:
+def _load_image_folder(path: str, image_size: int, channels: int,
+                       on_bad_image: str = "error") -> tuple[Split, tuple[str, ...]]:
     """Every image under ``path`` (recursively), resized (shorter side) and centre-cropped.
     Labels are the index of each image's first-level subfolder when there are subfolders.
     An unreadable file stops with its name (``on_bad_image='error'``) or is skipped and counted."""
@@ -294,7 +302,7 @@ def _load_image_folder(path: str, image_size: int, channels: int, on_bad_image: 
     if classes:
         index = {c: i for i, c in enumerate(classes)}
         labels = torch.tensor([index.get(p.relative_to(folder).parts[0], -1) for p in files])
-    return Split(images, labels)
+    return Split(images, labels), tuple(classes)  # class ids index the subfolder names; -1: a top-level file
 
 
 # ---------------------------------------------------------------- shaping and splitting
@@ -345,7 +353,7 @@ def load_data(name: str, *, root: Optional[str] = None, path: Optional[str] = No
                             f"  fix: use e.g. dataset.val_size=5000")
         train, val = _carve(full, [len(full) - val_size, val_size])
     elif name == "image_folder":
-        full = _load_image_folder(path or "", image_size, channels, on_bad_image)
+        full, label_names = _load_image_folder(path or "", image_size, channels, on_bad_image)
         if len(full) <= val_size + test_size:
             raise DataError(
                 f"dataset.path={path} has {len(full)} images, not more than dataset.val_size + dataset.test_size "
@@ -356,11 +364,11 @@ def load_data(name: str, *, root: Optional[str] = None, path: Optional[str] = No
         train, val, test = _carve(full, [len(full) - val_size - test_size, val_size, test_size])
     else:
         raise DataError(f"unknown dataset {name!r}; choose one of shapes, mnist, fashion_mnist, cifar10, image_folder")
-    if name in ("mnist", "fashion_mnist"):
-        label_names = tuple(str(i) for i in range(10))
+    label_names = CLASS_NAMES.get(name, label_names)
     train, val, test = (_conform(s.head(subset), channels, image_size) for s in (train, val, test))
     if binarize == "static":  # one fixed draw, the same for every epoch (Larochelle-style)
         g = torch.Generator().manual_seed(seed + 7919)
         train, val, test = (Split((torch.bernoulli(s.images.float() / 255, generator=g) * 255).to(torch.uint8),
                                   s.labels) for s in (train, val, test))
-    return Data(name, train, val, test, binarize=binarize, label_names=label_names)
+    return Data(name, train, val, test, binarize=binarize, label_names=label_names,
+                value_names={"shape": SHAPE_NAMES} if name == "shapes" else {})

@@ -195,13 +195,34 @@ def project_2d(mu: torch.Tensor) -> torch.Tensor:
     return torch.cat([proj, torch.zeros(len(proj), 2 - proj.shape[1], dtype=proj.dtype)], 1).float()
 
 
+CATEGORIES_MAX = 10  # a colour key with up to this many values is a legend of names; more: a colour bar
+
+
+def _colour_key(labels: torch.Tensor, names: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
+    """Distinct label values as indices 0..k-1 and a name for each: names[value] for integer
+    values that index ``names`` (classes, the shape of a shape), else the value itself."""
+    values, index = torch.unique(labels, return_inverse=True)
+    whole = bool((values == values.round()).all())
+    key = []
+    for v in values.tolist():
+        if whole and 0 <= v < len(names):
+            key.append(str(names[int(v)]))
+        elif whole:
+            key.append("(none)" if v == -1 and names else str(int(v)))    # image_folder: a top-level file
+        else:
+            key.append(f"{v:.3g}")
+    return index, key
+
+
 def latent_map_figure(post: dict, label_names: Sequence[str] = (), color_by: Optional[str] = None,
-                      threshold: float = 0.01):
+                      threshold: float = 0.01, value_names: Optional[dict] = None):
     """Three panels: the posterior means on the two most informative dims; a 2-D PCA projection
     of all dims; per dimension, a histogram of posterior σ against the prior's σ = 1 (a collapsed
     dim has all its mass at 1). Points coloured by class, or by one generative factor
     (``color_by``; the first factor by default; "class" or None for class labels, None without
-    labels: a ValueError otherwise). Returns (figure, numbers behind it)."""
+    labels: a ValueError otherwise). Up to ten distinct values get a legend of names (class names,
+    ``value_names[factor]``, or the values), more a colour bar (cyclic for a rotation). Returns
+    (figure, numbers behind it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,7 +232,7 @@ def latent_map_figure(post: dict, label_names: Sequence[str] = (), color_by: Opt
     n, d = mu.shape
     order = torch.argsort(kl, descending=True).tolist()
     top = order[:2] if d >= 2 else order * 2
-    labels, colour_name = post.get("labels"), None
+    labels, colour_name, value_label_names = post.get("labels"), None, tuple(label_names)
     if labels is not None:
         labels = labels.cpu()
         if labels.ndim == 2:                                        # generative factors (N, F)
@@ -220,6 +241,7 @@ def latent_map_figure(post: dict, label_names: Sequence[str] = (), color_by: Opt
             if pick not in names:
                 raise ValueError(f"color_by={pick!r} is not a factor of this dataset; choose one of {', '.join(names)}")
             labels, colour_name = labels[:, names.index(pick)], pick
+            value_label_names = tuple((value_names or {}).get(pick, ()))
         elif color_by not in (None, "class"):
             raise ValueError(f"color_by={color_by!r}: this dataset's labels are classes, not generative factors "
                              "(its points are coloured by class)")
@@ -230,8 +252,16 @@ def latent_map_figure(post: dict, label_names: Sequence[str] = (), color_by: Opt
     proj = project_2d(mu)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     kw = dict(s=6, alpha=0.7, linewidths=0)
+    key = None
     if labels is not None:
-        kw.update(c=labels.float().numpy(), cmap="tab10" if labels.unique().numel() <= 10 else "viridis")
+        index, names = _colour_key(labels.float(), value_label_names)
+        if len(names) <= CATEGORIES_MAX:
+            key = names
+            palette = matplotlib.colormaps["tab10"].colors[:len(names)]
+            kw.update(c=index.numpy(), cmap=matplotlib.colors.ListedColormap(palette), vmin=-0.5,
+                      vmax=len(names) - 0.5)
+        else:
+            kw.update(c=labels.float().numpy(), cmap="twilight" if colour_name == "rotation" else "viridis")
     axes[0].scatter(mu[:, top[0]].numpy(), mu[:, top[1]].numpy(), **kw)
     axes[0].set_xlabel(f"μ of z{top[0]} (KL {float(kl[top[0]]):.2f} nats)")
     axes[0].set_ylabel(f"μ of z{top[1]} (KL {float(kl[top[1]]):.2f} nats)")
@@ -240,7 +270,13 @@ def latent_map_figure(post: dict, label_names: Sequence[str] = (), color_by: Opt
     axes[1].set_xlabel("PC 1")
     axes[1].set_ylabel("PC 2")
     axes[1].set_title(f"all {d} dims, projected (PCA)")
-    if labels is not None:
+    if key is not None:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], marker="o", linestyle="", markersize=5, color=kw["cmap"](i)) for i in range(len(key))]
+        axes[1].legend(handles, key, title=colour_name, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
+                       title_fontsize=9, frameon=False, handletextpad=0.2, borderaxespad=0.0)
+    elif labels is not None:
         fig.colorbar(sc, ax=axes[1], label=colour_name)
     top_sigma = min(max(1.25, 1.05 * float(sigma.max())), 3.0)     # the prior's 1 always in view
     hist = torch.stack([torch.histc(sigma[:, k].clamp(0, top_sigma * (1 - 1e-6)), bins=50, min=0, max=top_sigma)
@@ -257,7 +293,7 @@ def latent_map_figure(post: dict, label_names: Sequence[str] = (), color_by: Opt
     fig.suptitle(f"latent map of {n} validation examples", fontsize=11)
     fig.tight_layout()
     info = {"n": n, "top_dims": top, "kl_sorted": [float(kl[k]) for k in order], "dims_order": order,
-            "informative": active, "color_by": colour_name, "sigma_hist_shape": list(hist.shape)}
+            "informative": active, "color_by": colour_name, "sigma_hist_shape": list(hist.shape), "legend": key}
     return fig, info
 
 
@@ -280,7 +316,7 @@ def end_of_training(run, model: VAE, data: Data, *, traverse: bool, latents: boo
         written["traverse"] = run.save_figure(fig, run.picture_file("traverse"))
         plt.close(fig)
     if latents:
-        fig, _ = latent_map_figure(post, label_names, None, threshold)
+        fig, _ = latent_map_figure(post, label_names, None, threshold, data.value_names)
         written["latents"] = run.save_figure(fig, run.picture_file("latents"))
         plt.close(fig)
     return written
