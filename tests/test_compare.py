@@ -76,6 +76,9 @@ def test_compare_json_round_trips_and_csv(beta_sweep):
     out = vaerun("compare", str(beta_sweep.parent.parent), "--format", "csv", "--sort", "beta", "--no-report")
     table = list(csv.DictReader(io.StringIO(out.stdout)))
     assert [float(r["beta"]) for r in table] == [0.5, 1.0, 2.0]
+    out = vaerun("compare", str(beta_sweep), "--sort=-elb", "--no-report")   # once silently left unsorted
+    assert out.returncode == 2 and "--sort elb: no such column (did you mean elbo" in out.stderr
+    assert "fix:" in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize("columns", [None, "100", "60"])

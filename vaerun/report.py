@@ -206,6 +206,15 @@ def sort_rows(table: list[dict], key: Optional[str]) -> list[dict]:
     if not key:
         return table
     desc, key = key.startswith("-"), key.lstrip("-")
+    columns = sorted({k for r in table for k in r if k not in ("paths", "label", "error")})
+    if table and key not in columns:
+        import difflib
+
+        from vaerun.errors import VaerunError
+
+        close = difflib.get_close_matches(key, columns, n=3)
+        raise VaerunError(f"--sort {key}: no such column" + (f" (did you mean {', '.join(close)}?)" if close else "")
+                          + f".\n  fix: sort by one of {', '.join(columns)}; prefix - for descending, e.g. --sort=-elbo")
     present = [r for r in table if r.get(key) is not None]
     missing = [r for r in table if r.get(key) is None]
     try:
