@@ -58,6 +58,12 @@ def test_cfg_job_prints_the_composed_config():
     ("dataset.binarize=yes", "dataset.binarize", "dynamic"),
     ("compile_mode=reduce_overhead", "compile_mode", "compile=true"),   # needs compile=true
     ("compile=true compile_mode=graphs", "compile_mode", "reduce_overhead"),
+    ("+optimizer.lr_sheduler=cosine", "'+' would add it", "fix: optimizer.lr_scheduler=cosine"),  # was ignored
+    ("+foo=1", "no config key 'foo'", "fix: drop +foo=1"),
+    ("+experiment=mnist_vae_examples", "already has", "fix: experiment=mnist_vae_examples (without '+')"),
+    ("-m beta=0.5,-1", "sweep job 1 (beta=-1), before any job started", "beta=1"),   # ran job 0 first
+    ("-m model=mlp,cnv schedule=constant,linear", "sweep job 2 (model=cnv schedule=constant)", "model=conv"),
+    ("-m seed=range(", "seed=range(", "seed=range(3)"),
 ])
 def test_config_errors_are_one_screen_without_traceback(override, key, fix):
     out = vaerun("train", *override.split())
@@ -66,6 +72,17 @@ def test_config_errors_are_one_screen_without_traceback(override, key, fix):
     assert "Traceback" not in text
     assert key in text and fix in text and "fix:" in text
     assert len(text.splitlines()) <= 10
+
+
+def test_sweep_jobs_are_hydras_product_and_the_check_composes_each():
+    from vaerun.confcheck import check_sweep, sweep_jobs
+
+    assert sweep_jobs(["beta=0.5,1", "max_steps=5", "model=mlp,conv"]) == [
+        ["beta=0.5", "max_steps=5", "model=mlp"], ["beta=0.5", "max_steps=5", "model=conv"],
+        ["beta=1", "max_steps=5", "model=mlp"], ["beta=1", "max_steps=5", "model=conv"]]
+    assert sweep_jobs(["seed=range(3)"]) == [["seed=0"], ["seed=1"], ["seed=2"]]
+    assert check_sweep(["beta=0.5,1,2", "seed=range(2)", "hydra.sweep.dir=x"]) is None
+    assert "sweep job 1 (model.latent_dim=0)" in check_sweep(["model.latent_dim=4,0"])
 
 
 def test_conv_stack_too_deep_for_the_image_is_a_config_error(tmp_path):

@@ -34,12 +34,12 @@ def _usage() -> str:
 
 def _train(args: list[str]) -> int:
     from vaerun.config import register_configs
-    from vaerun.confcheck import check, check_writable, should_check
+    from vaerun.confcheck import check, check_sweep, should_check
 
     register_configs()
     multirun = "-m" in args or "--multirun" in args
-    if should_check(args) or multirun:
-        problem = check(args) if not multirun else check_writable(_value(args, "out_dir") or "outputs")
+    if should_check(args) or multirun and should_check([a for a in args if a not in ("-m", "--multirun")]):
+        problem = check(args) if not multirun else check_sweep([a for a in args if a not in ("-m", "--multirun")])
         if problem:
             print(f"vaerun train: config error: {problem}", file=sys.stderr)
             return 2

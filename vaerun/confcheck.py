@@ -91,6 +91,12 @@ def explain(exc: BaseException, overrides: list[str], defaults) -> str:
             fix = f"{' or '.join(elsewhere)} ('{option}' is a choice there)" + (f", or {group}={close}" if close else "")
         return (f"{group}={option}: there is no {group} option '{option}'. Available: {', '.join(options)}.\n"
                 f"  fix: {fix}")
+    twice = re.search(r"Multiple values for ([\w/]+)", text)
+    if twice:  # +experiment=x: the group is already in the defaults, so it is chosen, not added
+        group = twice.group(1)
+        value = _override_value(overrides, group)
+        return (f"+{group}={value}: {group} is a config group vaerun already has, so it is chosen, not added.\n"
+                f"  fix: {group}={value} (without '+')")
     full_key = getattr(cause, "full_key", None)
     first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     if full_key and "Could not override" in text or type(cause).__name__ in ("ConfigAttributeError", "ConfigKeyError"):
@@ -217,15 +223,88 @@ def _check_new_length(run, given: set, epochs: int, max_steps: Optional[int]) ->
     return None
 
 
+def _added_key(overrides: list[str], cfg) -> Optional[str]:
+    """A ``+key=value`` (or ``++``) that adds a key vaerun's config does not have: Hydra takes it,
+    nothing reads it, and the run would silently train without it (``+optimizer.lr_sheduler=...``).
+    Config groups (``+experiment=...``, ``+experiment/collapse=...``) are left to Hydra."""
+    from hydra import compose
+
+    for o in overrides:
+        if not o.startswith("+"):
+            continue
+        key = _key(o)
+        if "/" in key or key in (*GROUPS, "experiment"):
+            continue
+        base = compose("train", overrides=[x for x in overrides if x is not o])
+        if OmegaConf.select(base, key, default=_ABSENT) is not _ABSENT:
+            continue  # ++key=value on a key that exists: an ordinary override
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent, default=None) if parent else base
+        valid = sorted(k for k in node.keys() if k != "hydra") if OmegaConf.is_dict(node) else []
+        best = _suggest(leaf, valid)
+        value = _override_value(overrides, key)
+        fix = (f"{parent + '.' if parent else ''}{best}={value}" if best else f"drop {o}") + \
+            " (`vaerun train --help` lists every key and its default)"
+        where = f" Valid keys under {parent}: {', '.join(valid)}." if parent and valid else ""
+        return (f"{o}: vaerun has no config key '{key}'; '+' would add it, and nothing reads it.{where}\n"
+                f"  fix: {fix}")
+    return None
+
+
+_ABSENT = object()
+
+
+SWEEP_CHECK_MAX = 256  # jobs composed and validated before a sweep starts (each takes a few tens of ms)
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The jobs of a basic sweep, in Hydra's order (the product of every swept key's values, the
+    last key fastest): each job's overrides as it will see them."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+            else [o.input_line] for o in parsed]
+    return [list(job) for job in itertools.islice(itertools.product(*axes), SWEEP_CHECK_MAX)]
+
+
+def check_sweep(overrides: list[str]) -> Optional[str]:
+    """``check`` for every job of a sweep (up to SWEEP_CHECK_MAX), before any job starts: a bad
+    value among the swept ones (``beta=0.5,-1``) otherwise surfaces only when its job's turn
+    comes, after the jobs before it have trained."""
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    for o in overrides:
+        try:
+            sweep_jobs([o])
+        except Exception as err:  # a syntax error, in the parser's words
+            return f"{o}: {str(err).splitlines()[0]}.\n  fix: check the sweep syntax, e.g. beta=0.5,1,2 or seed=range(3)"
+    jobs = sweep_jobs(overrides)
+    for i, job in enumerate(jobs):
+        problem = check(job)
+        if problem:
+            values = " ".join(o for o in job if o not in overrides) or " ".join(job)  # the swept values
+            return f"sweep job {i} ({values}), before any job started: {problem}"
+    return None
+
+
 def check(overrides: list[str]) -> Optional[str]:
     """None when the overrides compose into a valid config; otherwise the message to print."""
     from hydra import compose, initialize_config_module
+
+    from vaerun.config import register_configs
+
+    register_configs()  # idempotent: the schemas the option YAMLs extend
 
     overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     with initialize_config_module("vaerun.conf", version_base="1.3"):
         try:
             cfg = compose("train", overrides=overrides)
             validate(OmegaConf.to_object(cfg))
+            added = _added_key(overrides, cfg)
+            if added:
+                return added
         except ConfigError as err:
             return str(err)
         except Exception as err:  # Hydra/OmegaConf composition errors of every kind
