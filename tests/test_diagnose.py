@@ -366,6 +366,22 @@ def test_the_audit_flags_densities_that_are_unbounded_on_binary_data(overrides, 
     assert rec["binary"] and any(n.startswith("density on binary data") for n in rec["notes"]) == flagged
 
 
+def test_the_audit_says_when_a_batch_is_larger_than_the_training_set():
+    """batch_size=100000 on 18,000 images trained 12 full-batch steps and nothing said so."""
+    from vaerun.checks import audit
+    from vaerun.train import build
+
+    cfg, _ = compose(TINY)
+    parts = build(cfg)
+    n = len(parts.data.train)
+    over = [x for x in audit(parts.model, parts.data, n + 1, 0.0, 1.0, 0.0, 0, 1.0, 7)["notes"]
+            if x.startswith("batch_size=")]
+    assert over == [f"batch_size={n + 1} is more than the {n} training examples: every step takes all of them at "
+                    f"once (one step per epoch, 7 steps in all) (fix: batch_size={min(128, n)}, or batch_size={n} "
+                    f"to say full-batch training)"]
+    assert not [x for x in audit(parts.model, parts.data, n, 0.0, 1.0, 0.0, 0)["notes"] if x.startswith("batch_size")]
+
+
 def test_a_run_that_memorises_its_training_set_is_overfitting_not_a_learning_rate_problem(tmp_path):
     """150 epochs of 2,000 statically binarized MNIST images: the validation ELBO peaked at step 1000
     and fell 18.6 nats while the training ELBO rose 25.7, and diagnose called it "optimization

@@ -55,6 +55,11 @@ def audit(model: VAE, data: Data, batch_size: int, beta0: float, beta: float, fr
         notes.append(f"β warm-up longer than the run: the last of its {total_steps} steps trains at β={final_beta:.3g}, "
                      f"not beta={beta:g}, so the model never trains at its target objective "
                      f"(fix: schedule.warmup_steps={max(1, total_steps // 5)}, or a longer run)")
+    if batch_size > len(data.train):
+        notes.append(f"batch_size={batch_size} is more than the {len(data.train)} training examples: every step takes "
+                     f"all of them at once (one step per epoch{f', {total_steps} steps in all' if total_steps else ''})"
+                     f" (fix: batch_size={min(128, len(data.train))}, or batch_size={len(data.train)} to say "
+                     f"full-batch training)")
     if kl / latent > 50:
         notes.append(f"initial KL is {kl / latent:.0f} nats per latent dim: the initialisation makes the "
                      f"posterior far from the prior (fix: model.init=xavier or a lower optimizer.lr)")
