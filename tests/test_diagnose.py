@@ -3,6 +3,7 @@ right verdicts; `vaerun eval` and `vaerun diagnose` work from the command line."
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -107,8 +108,34 @@ def test_diagnose_command_prints_and_writes(tiny_run):
     assert "posterior_collapse" in out.stdout and "optimization" in out.stdout
     assert json.loads((tiny_run / "diagnosis.json").read_text())["verdicts"]
     assert (tiny_run / "diagnosis.md").read_text().startswith("# Diagnosis")
+    report = json.loads((tiny_run / "diagnosis.json").read_text())
+    assert report["overrides"] == [str(o) for o in [*TINY, f"out_dir={tiny_run.parent.parent}"]]  # its command line
+    steps = [s for v in report["verdicts"] if v["status"] != "ok" for s in v["next_steps"]]
+    assert steps, "the tiny run is expected to get advice (its warm-up outlasts it)"
+    lines = [x.strip() for x in out.stdout.splitlines()]
+    for s in steps:  # each as one unwrapped line: the run's command line with the change
+        assert any(x.startswith("vaerun train " + TINY[0]) and s in x for x in lines), s
     bad = subprocess.run([VAERUN, "diagnose", str(tiny_run / "nope")], capture_output=True, text=True)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_next_steps_are_whole_commands_with_the_runs_own_overrides():
+    """'vaerun train free_bits=0.25' for an image_folder conv run trained the default shapes MLP:
+    the command to paste is the run's own command line with the change."""
+    from vaerun.diagnose import command, to_markdown
+
+    run = ["dataset=image_folder", "dataset.path=my images", "model=conv", "max_steps=60", "hydra.run.dir=x",
+           "resume=outputs/a", "schedule=cyclical"]
+    assert command("free_bits=0.25", run) == ("vaerun train dataset=image_folder 'dataset.path=my images' model=conv "
+                                              "max_steps=60 schedule=cyclical free_bits=0.25")
+    assert command("max_steps=1250", run).endswith("model=conv schedule=cyclical max_steps=1250")   # replaced
+    assert command("schedule=linear schedule.warmup_steps=12", ["+schedule=cyclical", "beta=4"]) == \
+        "vaerun train beta=4 schedule=linear schedule.warmup_steps=12"
+    assert command("model.hidden=[256,128]") == "vaerun train model.hidden=[256,128]"
+    report = {"overall": "warning", "headline": "h", "overrides": ["dataset=mnist"], "verdicts": [
+        {"name": "schedule", "status": "warning", "verdict": "v", "evidence": {}, "explanation": "e",
+         "next_steps": ["max_steps=10"]}]}
+    assert "    vaerun train dataset=mnist max_steps=10" in to_markdown(report, "run").splitlines()
 
 
 def test_the_decoder_dependence_on_z_is_reproducible(tiny_run):
@@ -141,6 +168,16 @@ def test_a_code_under_one_nat_whose_decoder_ignores_z_is_near_total_collapse():
     assert c["status"] == "problem" and c["verdict"].startswith("near-total collapse")
     assert any(s.startswith("free_bits=") for s in c["next_steps"]) and "aggressive.enabled=true" in c["next_steps"]
     assert any("model.ar_layers" in s for s in c["next_steps"])
+    # the decoder made weaker than the run's own; z as a map first when it was one global vector
+    ar = {"model": {"name": "autoregressive", "ar_layers": 8, "ar_kernel": 5, "ar_cond": "global"}, "beta": 1.0}
+    steps = checks(diagnose([val], ar, zdep))["posterior_collapse"]["next_steps"]
+    assert "model.ar_cond=spatial" in steps and "model.ar_layers=4 model.ar_kernel=3" in steps
+    # every next step is overrides only ("a weaker decoder, e.g. model.hidden=[256]" was pasted as a
+    # command; the conv model's hidden already was [256]); no architecture step for other decoders
+    mlp = checks(diagnose([val], {"model": {"name": "mlp"}, "beta": 1.0}, zdep))["posterior_collapse"]["next_steps"]
+    assert mlp and not any(s.startswith("model.") for s in mlp)
+    for s in steps + mlp + c["next_steps"]:
+        assert all(re.fullmatch(r"[\w.]+=\S+", token) for token in s.split()), s
     # a few nats spread over the informative dims, with some dims dead, stays a partial-collapse warning
     kl3 = [0.001, 0.9, 0.8, 0.7, 0.004, 0.6, 0.5, 0.4]
     used = dict(zdep, recon_shuffled=130.0, recon_prior=131.0, shuffle_penalty=29.4)

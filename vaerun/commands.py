@@ -135,7 +135,7 @@ def diagnose_run(run, checkpoint: str = "last") -> dict:
     zdep = None
     if run.folder.checkpoint_file(checkpoint).exists():
         zdep = z_dependence(run.model(checkpoint), run.data(), seed=run.cfg.seed)
-    report = diagnose(run.metrics, run.config, zdep)
+    report = diagnose(run.metrics, run.config, zdep, run.folder.read_overrides())
     run.folder.write_report("diagnosis.json", report)
     run.folder.write_report("diagnosis.md", to_markdown(report, str(run.path)))
     summary = run.folder.read_summary()
@@ -148,16 +148,25 @@ def diagnose_run(run, checkpoint: str = "last") -> dict:
 def print_diagnosis(report: dict, path) -> None:
     from rich.table import Table
 
+    from vaerun.diagnose import command
+
     colors = {"ok": "green", "warning": "yellow", "problem": "red", "unknown": "white"}
     table = Table(title=f"diagnosis of {path}: [{colors[report['overall']]}]{report['overall']}[/] — "
                         f"{report['headline']}", show_lines=True)
-    for col in ("check", "status", "verdict and evidence", "next steps"):
+    for col in ("check", "status", "verdict and evidence", "next steps (changes)"):
         table.add_column(col)
     for v in report["verdicts"]:
         ev = ", ".join(f"{k}={x}" for k, x in v["evidence"].items() if k != "kl_per_dim")
         table.add_row(v["name"], f"[{colors[v['status']]}]{v['status']}[/]", f"{v['verdict']}\n[dim]{ev}\n"
-                      f"{v['explanation']}[/]", "\n".join(f"vaerun train {s}" for s in v["next_steps"]))
-    _console().print(table)
+                      f"{v['explanation']}[/]", "\n".join(v["next_steps"]))
+    console = _console()
+    console.print(table)
+    steps = [(v["name"], s) for v in report["verdicts"] if v["status"] != "ok" for s in v["next_steps"]]
+    if steps:  # whole commands, unwrapped, to paste: the run's own overrides with the change
+        console.print("next steps as whole commands (this run's overrides, with the change):", highlight=False)
+        for name, s in steps:
+            console.print(f"  {command(s, report.get('overrides', ()))}   [dim]# {name}[/]", soft_wrap=True,
+                          highlight=False)
 
 
 def diagnose_main(argv: list[str]) -> int:

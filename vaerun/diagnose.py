@@ -1,13 +1,15 @@
 """`vaerun diagnose`: a verdict for each failure the source document describes, with its evidence
-in numbers, a one-line explanation and next steps as ready-to-paste overrides.
+in numbers, a one-line explanation and next steps as overrides (shown as whole commands: `command`).
 
 Reads the run folder's metrics (through runs.py) and, for the tests that need it, the model.
 """
 from __future__ import annotations
 
 import math
+import re
+import shlex
 import statistics
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -23,7 +25,6 @@ def verdict(name: str, status: str, text: str, evidence: dict, why: str, steps: 
             "next_steps": list(steps)}
 
 
-@torch.no_grad()
 @torch.no_grad()
 def z_dependence(model: VAE, data: Data, n: int = 500, seed: int = 0) -> dict:
     """Does the decoder use z? Mean recon (nats) of validation images with z from q(z|x), with z
@@ -68,8 +69,22 @@ def _free_bits_floor(config: dict, least: float = 0.25) -> float:
     return max(least, 2 * float(config.get("free_bits") or 0.0))
 
 
-def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: int, model: str,
-              config: dict) -> dict:
+def _weaker_decoder(config: dict) -> list[str]:
+    """For an autoregressive decoder, the literature's remedy for a code it ignores: z as a spatial
+    map (a global vector is the easier one to ignore), then fewer layers and a smaller kernel than
+    the run's own (a shorter reach into the pixels before). Nothing for other decoders, whose
+    collapse the KL weight (β, warm-up, free bits) explains."""
+    m = config.get("model") or {}
+    if m.get("name") != "autoregressive":
+        return []
+    steps = ["model.ar_cond=spatial"] if m.get("ar_cond") == "global" else []
+    layers, kernel = int(m.get("ar_layers") or 6), int(m.get("ar_kernel") or 5)
+    weaker = [f"model.ar_layers={layers // 2}"] if layers > 1 else []
+    weaker += ["model.ar_kernel=3"] if kernel > 3 else []
+    return steps + ([" ".join(weaker)] if weaker else [])
+
+
+def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: int, config: dict) -> dict:
     kl = val["kl_per_dim"]
     dead = [d for d, k in enumerate(kl) if k < thr]
     ev = {"kl_total": round(val["kl"], 4), "kl_per_dim": [round(k, 4) for k in kl], "collapsed_dims": dead,
@@ -86,17 +101,15 @@ def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: i
         return verdict("posterior_collapse", "problem", "full collapse: no latent dimension carries information", ev,
                        "q(z|x) equals the prior for every x, so z tells the decoder nothing"
                        + (" (and the decoder ignores z: shuffling it costs nothing)" if ignores else ""),
-                       steps + ["a weaker decoder, e.g. model.hidden=[256]"])
+                       steps + _weaker_decoder(config))
     if val["kl"] < NEAR_TOTAL_NATS:  # z can tell the decoder at most KL nats about x, on average
-        weaker = ("model.ar_layers=2 model.ar_kernel=3 (or model.ar_cond=spatial)" if model == "autoregressive"
-                  else "a weaker decoder, e.g. model.hidden=[256]")
         fb = _free_bits_floor(config, max(0.25, round(2.0 / len(kl), 2)))
         return verdict("posterior_collapse", "problem",
                        f"near-total collapse: the code carries {val['kl']:.2f} nats in all", ev,
                        f"{len(kl) - len(dead)} of {len(kl)} dims are above {thr} nats, but together they hold less "
                        f"than {NEAR_TOTAL_NATS:g} nat, so z can tell the decoder almost nothing about x"
                        + (" (shuffling z barely changes the reconstruction)" if ignores else ""),
-                       [f"free_bits={fb:g}", "aggressive.enabled=true", weaker, *warmup])
+                       [f"free_bits={fb:g}", "aggressive.enabled=true", *_weaker_decoder(config), *warmup])
     if dead:
         au, live = val.get("active_units"), len(kl) - len(dead)
         both = (f"; active units counts {au - live} of them ({au} of {len(kl)}): their posterior means still vary "
@@ -355,8 +368,10 @@ def _likelihood(audit: Optional[dict], cfg_lik: dict, cfg_data: dict) -> dict:
     return verdict("likelihood", "ok", "the likelihood suits the data", ev, why)
 
 
-def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> dict:
-    """Verdicts from a run's metrics records and resolved config (plus the z test, when given)."""
+def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None, overrides: Sequence[str] = ()) -> dict:
+    """Verdicts from a run's metrics records and resolved config (plus the z test, when given).
+    ``overrides``: the run's command line (.hydra/overrides.yaml), kept in the report so that each
+    next step can be shown as a whole command (:func:`command`)."""
     vals = [r for r in records if r.get("split") == "val"]
     train = [r for r in records if r.get("split") == "train"]
     events = [r for r in records if r.get("split") == "event" and r.get("event") == "non_finite"]
@@ -373,7 +388,7 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
     optimization = _optimization(train, vals, events, lr, opt.get("ema", 0.0) or 0.0,
                                  opt.get("lr_scheduler", "none") or "none", _longer(config, total),
                                  overfitting["evidence"].get("memorising", False))
-    out = [_collapse(vals[-1], zdep, thr, beta, total, config.get("model", {}).get("name", "mlp"), config),
+    out = [_collapse(vals[-1], zdep, thr, beta, total, config),
            _lagging(vals[-1], config, total),
            _early_vanishing(vals, thr, early), _imbalance(vals[-1], beta, thr), optimization, overfitting,
            _schedule(train, audit, config), _likelihood(audit, config.get("likelihood", {}), config.get("dataset", {}))]
@@ -386,7 +401,8 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None) -> 
         others = [v["name"] for v in out if v["status"] == worst["status"] and v is not causes[0]
                   and v["name"] != "schedule"]  # a warm-up longer than the run is the config's own doing
         headline = causes[0]["verdict"] + (f" (it may also explain: {', '.join(others)})" if others else "")
-    return {"overall": worst["status"], "headline": headline, "step": vals[-1]["step"], "verdicts": out}
+    return {"overall": worst["status"], "headline": headline, "step": vals[-1]["step"], "verdicts": out,
+            "overrides": list(overrides)}
 
 
 def summary_entry(report: dict) -> dict:
@@ -394,6 +410,21 @@ def summary_entry(report: dict) -> dict:
     the headline and each check's status."""
     return {"overall": report["overall"], "headline": report["headline"],
             "checks": {v["name"]: v["status"] for v in report["verdicts"]}}
+
+
+_SHELL_SAFE = re.compile(r"[\w@%+=:,./\[\]-]+")
+
+
+def command(step: str, overrides: Sequence[str] = ()) -> str:
+    """The whole `vaerun train` command of a next step: the run's own overrides (``overrides``, as
+    Hydra recorded them; those the step sets again are replaced) followed by the step's, so that
+    pasting it trains the run's dataset and model again with the one change. Hydra's own keys and
+    ``resume`` are left out; values the shell would split are quoted."""
+    new = step.split()
+    replaced = {o.lstrip("+~").split("=", 1)[0] for o in new}
+    kept = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in replaced
+            and not o.lstrip("+~").startswith(("hydra.", "hydra/", "resume="))]
+    return " ".join(["vaerun", "train", *(o if _SHELL_SAFE.fullmatch(o) else shlex.quote(o) for o in kept + new)])
 
 
 def to_markdown(report: dict, run_path: str) -> str:
@@ -406,5 +437,5 @@ def to_markdown(report: dict, run_path: str) -> str:
     for v in report["verdicts"]:
         if v["status"] != "ok":
             lines += [f"## {v['name']}: {v['verdict']}", "", v["explanation"] + ".", "", "Try:", ""]
-            lines += [f"    vaerun train {s}" for s in v["next_steps"]] + [""]
+            lines += [f"    {command(s, report.get('overrides', ()))}" for s in v["next_steps"]] + [""]
     return "\n".join(lines)

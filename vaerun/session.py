@@ -110,7 +110,7 @@ def _diagnose(run, config: dict, parts, seed: int) -> dict:
 
     with parts.evaluated():  # the weights the validation records were computed with
         zdep = z_dependence(parts.model, parts.data, seed=seed)
-    report = diagnose(run.read_metrics(), config, zdep)
+    report = diagnose(run.read_metrics(), config, zdep, run.read_overrides())
     run.write_report("diagnosis.json", report)
     run.write_report("diagnosis.md", to_markdown(report, str(run.path)))
     log.info("diagnosis: %s — %s (details: vaerun diagnose %s)", report["overall"], report["headline"], run.path)
