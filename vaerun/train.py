@@ -208,9 +208,13 @@ def make_forward(model: VAE, device: torch.device, *, precision: str = "fp32", c
         return elbo_terms(model, x, autocast)
     if not compile:
         return forward
+    import logging
+
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True
+    if device.type != "cuda":  # a CUDA build of torch on a CPU machine warns it found no CUDA runtime: noise here
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     compiled = torch.compile(lambda x: astuple(forward(x)), dynamic=False, mode=mode)
     if mode == "default" or device.type != "cuda":
         return lambda x: Terms(*compiled(x))
