@@ -64,6 +64,7 @@ def test_cfg_job_prints_the_composed_config():
     ("-m beta=0.5,-1", "sweep job 1 (beta=-1), before any job started", "beta=1"),   # ran job 0 first
     ("-m model=mlp,cnv schedule=constant,linear", "sweep job 2 (model=cnv schedule=constant)", "model=conv"),
     ("-m seed=range(", "seed=range(", "seed=range(3)"),
+    ("dataset=image_folder dataset.path=/data/my(1)", "does not take '('", "'dataset.path=\"/data/my(1)\"'"),
 ])
 def test_config_errors_are_one_screen_without_traceback(override, key, fix):
     out = vaerun("train", *override.split())
@@ -83,6 +84,23 @@ def test_sweep_jobs_are_hydras_product_and_the_check_composes_each():
     assert sweep_jobs(["seed=range(3)"]) == [["seed=0"], ["seed=1"], ["seed=2"]]
     assert check_sweep(["beta=0.5,1,2", "seed=range(2)", "hydra.sweep.dir=x"]) is None
     assert "sweep job 1 (model.latent_dim=0)" in check_sweep(["model.latent_dim=4,0"])
+
+
+@pytest.mark.parametrize("given", ["dataset.path=~/my/images", 'dataset.path="~/my/images"'])
+def test_a_home_folder_path_is_expanded(tmp_path, given):
+    """The README's own `dataset.path=~/photos` was a Hydra syntax error ("token recognition
+    error at: '~'"): the shell does not expand ~ after key=, and Hydra's grammar rejects it."""
+    from vaerun.cli import expand_home
+
+    home = os.path.expanduser("~")
+    assert expand_home([given, "out_dir=~", "beta=1", "+resume=~/r"]) == [
+        f"dataset.path={home}/my/images", f"out_dir={home}", "beta=1", f"+resume={home}/r"]
+    assert expand_home(["dataset.path=~/my photos"]) == [f'dataset.path="{home}/my photos"']   # quoted for Hydra
+    env = {**os.environ, "HOME": str(tmp_path)}
+    out = subprocess.run([VAERUN, "train", "dataset=image_folder", given, "--cfg", "job"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"path: {tmp_path}/my/images" in out.stdout
 
 
 def test_conv_stack_too_deep_for_the_image_is_a_config_error(tmp_path):

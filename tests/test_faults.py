@@ -379,7 +379,7 @@ def test_images_of_mixed_sizes_and_modes_are_converted(tmp_path, caplog):
     caplog.set_level("INFO", logger="vaerun")
     d = load_data("image_folder", path=str(folder), image_size=16, channels=3, val_size=4, test_size=4)
     assert d.shape == (3, 16, 16) and len(d.train) == 28
-    assert "30 images converted to RGB, 36 resized/cropped to 16x16" in caplog.text
+    assert "of 36 images, 30 converted to RGB and 36 resized/cropped to 16x16" in caplog.text
 
 
 def test_unwritable_output_fails_before_training(tmp_path):

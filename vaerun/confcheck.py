@@ -91,6 +91,13 @@ def explain(exc: BaseException, overrides: list[str], defaults) -> str:
             fix = f"{' or '.join(elsewhere)} ('{option}' is a choice there)" + (f", or {group}={close}" if close else "")
         return (f"{group}={option}: there is no {group} option '{option}'. Available: {', '.join(options)}.\n"
                 f"  fix: {fix}")
+    token = re.search(r"(?:token recognition error at:|mismatched input|extraneous input) '(.+?)'", text)
+    if token:  # a character Hydra's override grammar does not take bare: quote the value
+        bad = next((o for o in overrides if token.group(1) in o.partition("=")[2]), None)
+        if bad:
+            key, _, value = bad.partition("=")
+            return (f"{bad}: Hydra's override syntax does not take '{token.group(1)}' in an unquoted value.\n"
+                    f"  fix: quote the value for Hydra (and the whole for the shell): '{key}=\"{value}\"'")
     twice = re.search(r"Multiple values for ([\w/]+)", text)
     if twice:  # +experiment=x: the group is already in the defaults, so it is chosen, not added
         group = twice.group(1)

@@ -295,8 +295,9 @@ def _load_image_folder(path: str, image_size: int, channels: int,
         raise DataError(f"dataset.path={path}: none of its {len(files)} image files could be read.\n"
                         f"  fix: point dataset.path at a folder of readable images")
     if converted or resized:
-        log.info("image_folder: %d images converted to %s, %d resized/cropped to %dx%d", converted, mode, resized,
-                 image_size, image_size)
+        done = ([f"{converted} converted to {mode}"] if converted else []) + \
+            ([f"{resized} resized/cropped to {image_size}x{image_size}"] if resized else [])
+        log.info("image_folder: of %d images, %s", len(good), " and ".join(done))
     files, images = good, images[:len(good)]
     labels = None
     if classes:
@@ -339,8 +340,10 @@ def load_data(name: str, *, root: Optional[str] = None, path: Optional[str] = No
 
     Validation is carved from the end of the training set. ``subset`` keeps the first N examples
     of every split. ``binarize='static'`` draws one fixed Bernoulli sample per pixel here (seeded);
-    ``'dynamic'`` draws a fresh one per batch in :meth:`Data.prepare`.
+    ``'dynamic'`` draws a fresh one per batch in :meth:`Data.prepare`. ``root`` and ``path`` may
+    start with ``~`` (the home folder).
     """
+    root, path = (os.path.expanduser(p) if p else p for p in (root, path))
     label_names: Sequence[str] = ()
     if name == "shapes":
         images, factors = make_shapes(num_examples + test_size, image_size, seed)
