@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY, VAERUN, assert_run_contract
+from vaerun import load_run as vaerun_load
 
 
 def vaerun(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -129,6 +130,26 @@ def test_multirun_sweeps_beta_into_separate_folders(tmp_path):
     assert [r.name for r in runs] == ["0_beta=0.5", "1_beta=2"]
     betas = [assert_run_contract(r, hydra=True)["final_val"]["beta"] for r in runs]
     assert betas == [0.5, 2.0]
+
+
+def test_train_run_from_python_is_the_cli_run(tmp_path):
+    """vaerun.train_run(*overrides) trains what `vaerun train <overrides>` trains: the same
+    validation records, the same run-folder contract, and config errors with the CLI's message."""
+    from vaerun import train_run
+    from vaerun.errors import VaerunError
+
+    out = vaerun("train", *TINY, f"out_dir={tmp_path / 'cli'}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    cli = vaerun_load(next((tmp_path / "cli").rglob("summary.json")).parent)
+    run = train_run(*TINY, out_dir=tmp_path / "api")
+    assert run.path.parent.parent == tmp_path / "api" and run.summary["status"] == "completed"
+    assert_run_contract(run.path)
+    strip = [{k: v for k, v in r.items() if k != "time"} for r in cli.metrics if r["split"] == "val"]
+    assert [{k: v for k, v in r.items() if k != "time"} for r in run.metrics if r["split"] == "val"] == strip
+    assert "val @ step 6" in (run.path / "train.log").read_text()
+    assert run.folder.read_overrides() == [*TINY, f"out_dir={tmp_path / 'api'}"]   # diagnose's whole commands
+    with pytest.raises(VaerunError, match="fix: beta=2"):
+        train_run("betta=2")
 
 
 def test_wheel_ships_the_config_groups(tmp_path):

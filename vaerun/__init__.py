@@ -1,6 +1,7 @@
 """vaerun: a Hydra-driven experiment runner for variational autoencoders.
 
-Nothing heavy happens at import; ``vaerun.train`` and friends import torch when used.
+Nothing heavy happens at import; ``vaerun.train_run`` and ``vaerun.load_run`` import torch when
+used.
 """
 __version__ = "0.1.0"
 
@@ -11,3 +12,12 @@ def load_run(path, device: str = "cpu"):
     from vaerun.api import load_run as _load_run
 
     return _load_run(path, device)
+
+
+def train_run(*overrides: str, out_dir=None, progress: bool = False):
+    """Trains as ``vaerun train <overrides>`` does, from Python (a notebook): the same config
+    check, the same run folder (under ``out_dir``, default the config's ``outputs``), and returns
+    it opened (vaerun.api.Run). ``vaerun.train_run("model=conv", "epochs=2")``."""
+    from vaerun.api import train_run as _train_run
+
+    return _train_run(*overrides, out_dir=out_dir, progress=progress)

@@ -123,3 +123,53 @@ class Run:
 def load_run(path: str | os.PathLike, device: str = "cpu") -> Run:
     """Opens a run folder (see :class:`Run`)."""
     return Run(path, device)
+
+
+def train_run(*overrides: str, out_dir: Optional[str | os.PathLike] = None, progress: bool = False) -> Run:
+    """Trains one run as ``vaerun train <overrides>`` would and returns it opened: the same config
+    check (a :class:`~vaerun.errors.VaerunError` with the CLI's message), the same timestamped run
+    folder under ``out_dir`` (default: the config's ``out_dir``, ``outputs``) with the same files
+    (``.hydra/`` holds only ``overrides.yaml``), log lines on the ``vaerun`` logger (printed, and
+    written to the folder's ``train.log``). Sweeps and ``resume=`` are the CLI's: a loop over
+    calls is a sweep here. ``progress``: a live bar instead of log lines (a terminal only)."""
+    import datetime
+    import logging
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from vaerun.confcheck import check, compose_config
+    from vaerun.errors import VaerunError
+    from vaerun.progress import console_handler
+    from vaerun.session import train
+
+    given = [*overrides, *([f"out_dir={out_dir}"] if out_dir is not None else [])]
+    problem = check(given)
+    if problem:
+        raise VaerunError(problem)
+    cfg = compose_config(given)
+    if cfg.resume:
+        raise VaerunError(f"resume={cfg.resume}: resuming is the command line's job.\n"
+                          f"  fix: vaerun train resume={cfg.resume}")
+    now = datetime.datetime.now()
+    folder = RunFolder(Path(cfg.out_dir) / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S-%f"))
+    folder.path.mkdir(parents=True)
+    folder.write_overrides(given)
+    log = logging.getLogger("vaerun")
+    handlers = [logging.FileHandler(folder.path / "train.log")]
+    handlers[0].setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    if not logging.getLogger().handlers and not log.handlers:  # nothing prints vaerun's lines yet
+        handlers.append(console_handler())
+    level = log.level
+    log.setLevel(logging.INFO)
+    for h in handlers:
+        log.addHandler(h)
+    try:
+        typed = OmegaConf.to_object(cfg)
+        train(typed, folder, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), bar=progress)
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
+        log.setLevel(level)
+    return Run(folder.path)

@@ -296,6 +296,17 @@ def check_sweep(overrides: list[str]) -> Optional[str]:
     return None
 
 
+def compose_config(overrides: list[str]):
+    """The composed config (DictConfig) `vaerun train <overrides>` runs; ``check`` it first."""
+    from hydra import compose, initialize_config_module
+
+    from vaerun.config import register_configs
+
+    register_configs()
+    with initialize_config_module("vaerun.conf", version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
 def check(overrides: list[str]) -> Optional[str]:
     """None when the overrides compose into a valid config; otherwise the message to print."""
     from hydra import compose, initialize_config_module

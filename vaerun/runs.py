@@ -128,6 +128,15 @@ class RunFolder:
         text = OmegaConf.to_yaml(OmegaConf.create(config))
         _atomic_write(self.config_file, lambda fh: fh.write(text.encode()))
 
+    def write_overrides(self, overrides: list[str]) -> None:
+        """The command line as Hydra records it (.hydra/overrides.yaml), for a run started from
+        Python (vaerun.train_run), so that its diagnosis can print whole commands."""
+        from omegaconf import OmegaConf
+
+        (self.path / ".hydra").mkdir(parents=True, exist_ok=True)
+        text = OmegaConf.to_yaml(OmegaConf.create(list(overrides)))
+        _atomic_write(self.path / ".hydra" / "overrides.yaml", lambda fh: fh.write(text.encode()))
+
     def append_metrics(self, record: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_file, "a", encoding="utf-8") as fh:
