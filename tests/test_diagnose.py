@@ -132,6 +132,13 @@ def test_next_steps_are_whole_commands_with_the_runs_own_overrides():
     assert command("schedule=linear schedule.warmup_steps=12", ["+schedule=cyclical", "beta=4"]) == \
         "vaerun train beta=4 schedule=linear schedule.warmup_steps=12"
     assert command("model.hidden=[256,128]") == "vaerun train model.hidden=[256,128]"
+    # a longer run continues the run itself where it can (no β cycle or cosine rate drawn over its length)
+    assert command("epochs=24", run, resume_from="out/my run") == "vaerun train resume='out/my run' epochs=24"
+    assert command("free_bits=0.25", run, resume_from="out/r").startswith("vaerun train dataset=image_folder")
+    from vaerun.diagnose import resumable
+
+    assert resumable({"schedule": {"name": "linear"}, "optimizer": {"lr_scheduler": "none"}})
+    assert not resumable({"schedule": {"name": "cyclical"}}) and not resumable({"optimizer": {"lr_scheduler": "cosine"}})
     report = {"overall": "warning", "headline": "h", "overrides": ["dataset=mnist"], "verdicts": [
         {"name": "schedule", "status": "warning", "verdict": "v", "evidence": {}, "explanation": "e",
          "next_steps": ["max_steps=10"]}]}
@@ -521,3 +528,23 @@ def test_diagnose_again_updates_what_compare_shows(tiny_run):
     assert now["diagnosis"]["headline"] == report["headline"] != "stale"
     assert now["diagnosis"]["checks"] == {v["name"]: v["status"] for v in report["verdicts"]}
     assert {k: v for k, v in now.items() if k != "diagnosis"} == {k: v for k, v in summary.items() if k != "diagnosis"}
+
+
+def test_the_early_collapse_warning_offers_only_what_the_run_lacks(caplog):
+    """It told a run with a 1000-step linear warm-up to try schedule.warmup_steps=1000."""
+    from vaerun.checks import CollapseWatch
+    from vaerun.diagnose import collapse_remedies
+
+    warmed = {"schedule": {"name": "linear", "warmup_steps": 1000}, "free_bits": 0.0, "model": {"name": "conv"}}
+    assert collapse_remedies(warmed, 1250) == ["free_bits=0.25"]                  # 2000 would not fit in half
+    assert collapse_remedies({**warmed, "free_bits": 0.5}, 5000) == ["schedule.warmup_steps=2000", "free_bits=1"]
+    assert collapse_remedies({"schedule": {"name": "constant"}, "model": {"name": "autoregressive", "ar_layers": 6,
+                                                                         "ar_kernel": 5}}, 300) == \
+        ["schedule=linear schedule.warmup_steps=150", "free_bits=0.25", "model.ar_layers=3 model.ar_kernel=3"]
+    watch = CollapseWatch(0.01, 250, collapse_remedies(warmed, 1250))
+    with caplog.at_level("WARNING", logger="vaerun"):
+        watch.check(30, [0.001, 0.5])
+        watch.check(60, [0.001, 0.001])                                        # once only
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert "1 of 2 latent dims carry < 0.01 nats at step 30" in msg and "Next time try free_bits=0.25;" in msg
+    assert "warmup_steps" not in msg

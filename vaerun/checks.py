@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -99,8 +99,9 @@ def term_grad_norms(model: VAE, x: torch.Tensor, beta: float, free_bits: float) 
 class CollapseWatch:
     """Warns once when latent dims fall below ``threshold`` nats of KL early in training."""
 
-    def __init__(self, threshold: float, early_steps: int):
+    def __init__(self, threshold: float, early_steps: int, remedies: Sequence[str] = ()):
         self.threshold, self.early_steps, self.warned = threshold, early_steps, False
+        self.remedies = list(remedies)  # fitted to the run (diagnose.collapse_remedies): none of its own settings
 
     def check(self, step: int, kl_per_dim: list[float]) -> None:
         low = [d for d, k in enumerate(kl_per_dim) if k < self.threshold]
@@ -108,6 +109,6 @@ class CollapseWatch:
             return
         self.warned = True
         log.warning("KL vanishing early: %d of %d latent dims carry < %g nats at step %d (dims %s): posterior "
-                    "collapse is starting. Try a KL warm-up (schedule=linear schedule.warmup_steps=%d), free bits "
-                    "(free_bits=0.1) or a weaker decoder; `vaerun diagnose` explains more after the run.",
-                    len(low), len(kl_per_dim), self.threshold, step, low[:10], max(1000, 2 * step))
+                    "collapse is starting.%s `vaerun diagnose` explains more after the run.",
+                    len(low), len(kl_per_dim), self.threshold, step, low[:10],
+                    f" Next time try {' or '.join(self.remedies)};" if self.remedies else "")

@@ -189,6 +189,14 @@ def resumed_length(saved: dict, given: set, epochs: int, max_steps: Optional[int
     return out
 
 
+def drawn_over_length(config: dict) -> list[str]:
+    """The settings of a resolved config drawn over the run's whole length (cyclical β, a cosine
+    learning rate): such a run cannot be resumed to another length."""
+    drawn = ["schedule=cyclical"] if (config.get("schedule") or {}).get("name") == "cyclical" else []
+    return drawn + (["optimizer.lr_scheduler=cosine"] if (config.get("optimizer") or {}).get("lr_scheduler") == "cosine"
+                    else [])
+
+
 def _check_new_length(run, given: set, epochs: int, max_steps: Optional[int]) -> Optional[str]:
     """A new length must not end before the checkpoint's step, and cannot change a schedule drawn
     over the run's length (cyclical β, a cosine learning rate): the steps already taken would
@@ -211,11 +219,7 @@ def _check_new_length(run, given: set, epochs: int, max_steps: Optional[int]) ->
     old_total, new_total = total(saved), total(new)
     asked = " ".join(f"{k}={new[k] if new[k] is not None else 'null'}" for k in RESUME_LENGTH if k in given)
     if new_total != old_total:
-        drawn = []
-        if saved["schedule"]["name"] == "cyclical":
-            drawn.append("schedule=cyclical")
-        if saved["optimizer"].get("lr_scheduler") == "cosine":
-            drawn.append("optimizer.lr_scheduler=cosine")
+        drawn = drawn_over_length(saved)
         if drawn:
             return (f"{asked}: the run's {' and '.join(drawn)} is drawn over its length ({old_total} steps), so at "
                     f"{new_total} steps every step it has taken would have had another value.\n"

@@ -84,6 +84,12 @@ def _weaker_decoder(config: dict) -> list[str]:
     return steps + ([" ".join(weaker)] if weaker else [])
 
 
+def collapse_remedies(config: dict, total: int) -> list[str]:
+    """What a run whose KL vanishes could try, fitted to its own settings: a (longer) KL warm-up,
+    free bits above its own floor, a weaker autoregressive decoder."""
+    return [*_warmup_remedy(config, total), f"free_bits={_free_bits_floor(config):g}", *_weaker_decoder(config)]
+
+
 def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: int, config: dict) -> dict:
     kl = val["kl_per_dim"]
     dead = [d for d, k in enumerate(kl) if k < thr]
@@ -402,7 +408,7 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None, ove
                   and v["name"] != "schedule"]  # a warm-up longer than the run is the config's own doing
         headline = causes[0]["verdict"] + (f" (it may also explain: {', '.join(others)})" if others else "")
     return {"overall": worst["status"], "headline": headline, "step": vals[-1]["step"], "verdicts": out,
-            "overrides": list(overrides)}
+            "overrides": list(overrides), "resumable": resumable(config)}
 
 
 def summary_entry(report: dict) -> dict:
@@ -415,16 +421,32 @@ def summary_entry(report: dict) -> dict:
 _SHELL_SAFE = re.compile(r"[\w@%+=:,./\[\]-]+")
 
 
-def command(step: str, overrides: Sequence[str] = ()) -> str:
+def command(step: str, overrides: Sequence[str] = (), resume_from: Optional[str] = None) -> str:
     """The whole `vaerun train` command of a next step: the run's own overrides (``overrides``, as
     Hydra recorded them; those the step sets again are replaced) followed by the step's, so that
     pasting it trains the run's dataset and model again with the one change. Hydra's own keys and
-    ``resume`` are left out; values the shell would split are quoted."""
+    ``resume`` are left out; values the shell would split are quoted. A step that only makes the
+    run longer (``epochs``, ``max_steps``) continues the run itself when ``resume_from`` (its
+    folder) is given: the steps it trained are not trained again."""
     new = step.split()
     replaced = {o.lstrip("+~").split("=", 1)[0] for o in new}
+    if resume_from is not None and replaced <= {"epochs", "max_steps"}:
+        return " ".join(["vaerun", "train", "resume=" + _shell(str(resume_from)), *new])
     kept = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in replaced
             and not o.lstrip("+~").startswith(("hydra.", "hydra/", "resume="))]
-    return " ".join(["vaerun", "train", *(o if _SHELL_SAFE.fullmatch(o) else shlex.quote(o) for o in kept + new)])
+    return " ".join(["vaerun", "train", *(_shell(o) for o in kept + new)])
+
+
+def _shell(word: str) -> str:
+    return word if _SHELL_SAFE.fullmatch(word) else shlex.quote(word)
+
+
+def resumable(config: dict) -> bool:
+    """Whether the run can be continued to a new length (`vaerun train resume=RUN epochs=N`): not
+    when its β cycles or its learning rate follows a cosine, both drawn over the run's length."""
+    from vaerun.confcheck import drawn_over_length
+
+    return not drawn_over_length(config)
 
 
 def to_markdown(report: dict, run_path: str) -> str:
@@ -437,5 +459,6 @@ def to_markdown(report: dict, run_path: str) -> str:
     for v in report["verdicts"]:
         if v["status"] != "ok":
             lines += [f"## {v['name']}: {v['verdict']}", "", v["explanation"] + ".", "", "Try:", ""]
-            lines += [f"    {command(s, report.get('overrides', ()))}" for s in v["next_steps"]] + [""]
+            lines += [f"    {command(s, report.get('overrides', ()), run_path if report.get('resumable') else None)}"
+                      for s in v["next_steps"]] + [""]
     return "\n".join(lines)

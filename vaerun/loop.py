@@ -196,7 +196,10 @@ class Trainer:
         self.t0 = t0 if t0 is not None else time.time()
         self.t_log, self.seen, self.seen_total, self.train_time, self.consecutive_skips = time.time(), 0, 0, 0.0, 0
         dg = cfg.diagnostics
-        self.watch = CollapseWatch(dg.collapse_threshold, int(dg.early_fraction * parts.total_steps))
+        from vaerun.diagnose import collapse_remedies
+
+        self.watch = CollapseWatch(dg.collapse_threshold, int(dg.early_fraction * parts.total_steps),
+                                   collapse_remedies(config, parts.total_steps))
         self.state.aggressive = cfg.aggressive.enabled  # a resume replaces it with the checkpoint's
 
     def resume(self, ckpt: dict) -> None:
