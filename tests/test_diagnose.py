@@ -113,8 +113,10 @@ def test_diagnose_command_prints_and_writes(tiny_run):
     steps = [s for v in report["verdicts"] if v["status"] != "ok" for s in v["next_steps"]]
     assert steps, "the tiny run is expected to get advice (its warm-up outlasts it)"
     lines = [x.strip() for x in out.stdout.splitlines()]
-    for s in steps:  # each as one unwrapped line: the run's command line with the change
-        assert any(x.startswith("vaerun train " + TINY[0]) and s in x for x in lines), s
+    for s in steps:  # each as one unwrapped line: the run's command line with the change, or a resume
+        longer = {t.split("=")[0] for t in s.split()} <= {"epochs", "max_steps"}
+        start = f"vaerun train resume={tiny_run} " if longer else "vaerun train " + TINY[0]
+        assert any(x.startswith(start) and s in x for x in lines), s
     bad = subprocess.run([VAERUN, "diagnose", str(tiny_run / "nope")], capture_output=True, text=True)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
 
