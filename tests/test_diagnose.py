@@ -137,6 +137,7 @@ def test_next_steps_are_whole_commands_with_the_runs_own_overrides():
     # a longer run continues the run itself where it can (no β cycle or cosine rate drawn over its length)
     assert command("epochs=24", run, resume_from="out/my run") == "vaerun train resume='out/my run' epochs=24"
     assert command("free_bits=0.25", run, resume_from="out/r").startswith("vaerun train dataset=image_folder")
+    assert command("epochs=24", ["max_steps=150", "beta=2"]) == "vaerun train beta=2 epochs=24"   # else still 150
     from vaerun.diagnose import resumable
 
     assert resumable({"schedule": {"name": "linear"}, "optimizer": {"lr_scheduler": "none"}})

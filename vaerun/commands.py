@@ -163,11 +163,12 @@ def print_diagnosis(report: dict, path) -> None:
     console.print(table)
     steps = [(v["name"], s) for v in report["verdicts"] if v["status"] != "ok" for s in v["next_steps"]]
     if steps:  # whole commands, unwrapped, to paste: the run's own overrides with the change
-        console.print("next steps as whole commands (this run's command line with the change; a longer run continues this one):", highlight=False)
+        console.print("next steps as whole commands (this run's command line with the change; a longer run "
+                      "continues this one):", highlight=False)
+        resume_from = str(path) if report.get("resumable") else None
         for name, s in steps:
-            resume_from = str(path) if report.get("resumable") else None
-            console.print(f"  {command(s, report.get('overrides', ()), resume_from)}   [dim]# {name}[/]", soft_wrap=True,
-                          highlight=False)
+            console.print(f"  {command(s, report.get('overrides', ()), resume_from)}   [dim]# {name}[/]",
+                          soft_wrap=True, highlight=False)
 
 
 def diagnose_main(argv: list[str]) -> int:

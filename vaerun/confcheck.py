@@ -234,7 +234,10 @@ def _check_new_length(run, given: set, epochs: int, max_steps: Optional[int]) ->
     return None
 
 
-def _added_key(overrides: list[str], cfg) -> Optional[str]:
+_ABSENT = object()
+
+
+def _added_key(overrides: list[str]) -> Optional[str]:
     """A ``+key=value`` (or ``++``) that adds a key vaerun's config does not have: Hydra takes it,
     nothing reads it, and the run would silently train without it (``+optimizer.lr_sheduler=...``).
     Config groups (``+experiment=...``, ``+experiment/collapse=...``) are left to Hydra."""
@@ -260,9 +263,6 @@ def _added_key(overrides: list[str], cfg) -> Optional[str]:
         return (f"{o}: vaerun has no config key '{key}'; '+' would add it, and nothing reads it.{where}\n"
                 f"  fix: {fix}")
     return None
-
-
-_ABSENT = object()
 
 
 SWEEP_CHECK_MAX = 256  # jobs composed and validated before a sweep starts (each takes a few tens of ms)
@@ -324,7 +324,7 @@ def check(overrides: list[str]) -> Optional[str]:
         try:
             cfg = compose("train", overrides=overrides)
             validate(OmegaConf.to_object(cfg))
-            added = _added_key(overrides, cfg)
+            added = _added_key(overrides)
             if added:
                 return added
         except ConfigError as err:

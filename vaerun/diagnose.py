@@ -427,11 +427,14 @@ def command(step: str, overrides: Sequence[str] = (), resume_from: Optional[str]
     pasting it trains the run's dataset and model again with the one change. Hydra's own keys and
     ``resume`` are left out; values the shell would split are quoted. A step that only makes the
     run longer (``epochs``, ``max_steps``) continues the run itself when ``resume_from`` (its
-    folder) is given: the steps it trained are not trained again."""
+    folder) is given: the steps it trained are not trained again. A new ``epochs`` also drops the
+    run's ``max_steps`` (which would otherwise still set the length)."""
     new = step.split()
     replaced = {o.lstrip("+~").split("=", 1)[0] for o in new}
     if resume_from is not None and replaced <= {"epochs", "max_steps"}:
         return " ".join(["vaerun", "train", "resume=" + _shell(str(resume_from)), *new])
+    if "epochs" in replaced:
+        replaced.add("max_steps")
     kept = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in replaced
             and not o.lstrip("+~").startswith(("hydra.", "hydra/", "resume="))]
     return " ".join(["vaerun", "train", *(_shell(o) for o in kept + new)])

@@ -329,12 +329,12 @@ def not_a_run(path: str | os.PathLike, example: str) -> str:
     if not p.exists():
         return f"{path} does not exist.\n  fix: pass a run folder, e.g. {example.format('outputs/<date>/<time>')}"
     if p.is_dir():
+        # a sweep's runs lie 1 deep, outputs/multirun's 4: no deeper walk (a home folder could be huge)
         inner = sorted({x.parent for depth in range(1, 5) for x in p.glob("*/" * depth + "summary.json")})
-        inner = [RunFolder(x) for x in inner]  # a sweep's runs lie 1 deep, outputs/multirun's 4: no deeper walk
         if inner:
-            names = ", ".join(str(r.path) for r in inner[:3]) + (f" and {len(inner) - 3} more" if len(inner) > 3 else "")
+            names = ", ".join(map(str, inner[:3])) + (f" and {len(inner) - 3} more" if len(inner) > 3 else "")
             return (f"{path} is not a run folder but holds {len(inner)} run{'s' if len(inner) > 1 else ''} "
-                    f"({names}).\n  fix: pass one of them, e.g. {example.format(inner[0].path)}; "
+                    f"({names}).\n  fix: pass one of them, e.g. {example.format(inner[0])}; "
                     f"`vaerun compare {path}` shows them all side by side")
     for parent in p.resolve().parents:
         if (parent / "config.yaml").is_file() and (parent / "summary.json").is_file():

@@ -69,7 +69,8 @@ def train(cfg: TrainConfig, run, config: dict, *, bar: bool = False, resume: boo
                 trainer.resume(run.load_checkpoint("last"))
             writer = run.tb_writer(purge_step=trainer.state.step + 1 if resume else None) if cfg.tensorboard else None
             trainer.writer = writer
-            with Reporter(parts.total_steps, bar, start=trainer.state.step, eval_every=cfg.eval_every) as trainer.reporter:
+            reporter = Reporter(parts.total_steps, bar, start=trainer.state.step, eval_every=cfg.eval_every)
+            with reporter as trainer.reporter:
                 result = trainer.fit(stop)
             summary.update(**result)
             try:
