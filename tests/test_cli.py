@@ -85,6 +85,9 @@ def test_sweep_jobs_are_hydras_product_and_the_check_composes_each():
     assert sweep_jobs(["seed=range(3)"]) == [["seed=0"], ["seed=1"], ["seed=2"]]
     assert check_sweep(["beta=0.5,1,2", "seed=range(2)", "hydra.sweep.dir=x"]) is None
     assert "sweep job 1 (model.latent_dim=0)" in check_sweep(["model.latent_dim=4,0"])
+    # every value checked once, named by Hydra's job number (beta=-4 is the fifth of five, x 4 x 2)
+    assert check_sweep(["beta=0.5,1,2,4,-4", "seed=range(4)", "model=mlp,conv"]).startswith(
+        "sweep job 32 (beta=-4 seed=0 model=mlp), before any job started")
 
 
 @pytest.mark.parametrize("given", ["dataset.path=~/my/images", 'dataset.path="~/my/images"'])

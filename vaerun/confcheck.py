@@ -3,6 +3,7 @@ composition errors into one short message naming the key, the value and the fix.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from importlib import resources
 from typing import Optional
@@ -265,7 +266,12 @@ def _added_key(overrides: list[str]) -> Optional[str]:
     return None
 
 
-SWEEP_CHECK_MAX = 256  # jobs composed and validated before a sweep starts (each takes a few tens of ms)
+def sweep_axes(overrides: list[str]) -> list[list[str]]:
+    """Each override's values as a basic sweep expands them (one entry for an unswept key)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+            else [o.input_line] for o in OverridesParser.create().parse_overrides(overrides)]
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
@@ -273,30 +279,38 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     last key fastest): each job's overrides as it will see them."""
     import itertools
 
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
-            else [o.input_line] for o in parsed]
-    return [list(job) for job in itertools.islice(itertools.product(*axes), SWEEP_CHECK_MAX)]
+    return [list(job) for job in itertools.product(*sweep_axes(overrides))]
 
 
 def check_sweep(overrides: list[str]) -> Optional[str]:
-    """``check`` for every job of a sweep (up to SWEEP_CHECK_MAX), before any job starts: a bad
-    value among the swept ones (``beta=0.5,-1``) otherwise surfaces only when its job's turn
-    comes, after the jobs before it have trained."""
+    """``check`` for the jobs of a sweep before any starts, so that a bad value among the swept
+    ones (``beta=0.5,-1``) does not surface only when its job's turn comes, after the jobs before
+    it have trained. Composing a config takes Hydra a few hundred ms, so not every job of the
+    product is composed: the first one, and for each swept key each of its other values with the
+    other keys at their first (every value checked once; 1 + Σ(values − 1) jobs instead of Π)."""
+    from hydra import initialize_config_module
+
+    from vaerun.config import register_configs
+
     overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     for o in overrides:
         try:
-            sweep_jobs([o])
+            sweep_axes([o])
         except Exception as err:  # a syntax error, in the parser's words
             return f"{o}: {str(err).splitlines()[0]}.\n  fix: check the sweep syntax, e.g. beta=0.5,1,2 or seed=range(3)"
-    jobs = sweep_jobs(overrides)
-    for i, job in enumerate(jobs):
-        problem = check(job)
-        if problem:
-            values = " ".join(o for o in job if o not in overrides) or " ".join(job)  # the swept values
-            return f"sweep job {i} ({values}), before any job started: {problem}"
+    axes = sweep_axes(overrides)
+    sizes = [len(a) for a in axes]
+    picks = [[0] * len(axes)] + [[v if b == a else 0 for b in range(len(axes))]
+                                 for a in range(len(axes)) for v in range(1, sizes[a])]
+    register_configs()
+    with initialize_config_module("vaerun.conf", version_base="1.3"):
+        for pick in picks:
+            job = [axes[a][v] for a, v in enumerate(pick)]
+            problem = _check_composed(job)
+            if problem:
+                number = sum(v * math.prod(sizes[a + 1:]) for a, v in enumerate(pick))  # Hydra's job number
+                values = " ".join(o for o in job if o not in overrides) or " ".join(job)  # the swept values
+                return f"sweep job {number} ({values}), before any job started: {problem}"
     return None
 
 
@@ -313,24 +327,30 @@ def compose_config(overrides: list[str]):
 
 def check(overrides: list[str]) -> Optional[str]:
     """None when the overrides compose into a valid config; otherwise the message to print."""
-    from hydra import compose, initialize_config_module
+    from hydra import initialize_config_module
 
     from vaerun.config import register_configs
 
     register_configs()  # idempotent: the schemas the option YAMLs extend
+    with initialize_config_module("vaerun.conf", version_base="1.3"):
+        return _check_composed(overrides)
+
+
+def _check_composed(overrides: list[str]) -> Optional[str]:
+    """``check`` inside an initialized Hydra context (a sweep checks all its jobs in one)."""
+    from hydra import compose
 
     overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
-    with initialize_config_module("vaerun.conf", version_base="1.3"):
-        try:
-            cfg = compose("train", overrides=overrides)
-            validate(OmegaConf.to_object(cfg))
-            added = _added_key(overrides)
-            if added:
-                return added
-        except ConfigError as err:
-            return str(err)
-        except Exception as err:  # Hydra/OmegaConf composition errors of every kind
-            return explain(err, overrides, compose("train"))
+    try:
+        cfg = compose("train", overrides=overrides)
+        validate(OmegaConf.to_object(cfg))
+        added = _added_key(overrides)
+        if added:
+            return added
+    except ConfigError as err:
+        return str(err)
+    except Exception as err:  # Hydra/OmegaConf composition errors of every kind
+        return explain(err, overrides, compose("train"))
     if cfg.resume:
         return check_resume(cfg.resume, overrides, cfg)
     return check_writable(cfg.out_dir)
