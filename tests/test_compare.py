@@ -334,3 +334,20 @@ def test_the_units_note_reaches_the_terminal_and_the_reports(beta_sweep, tmp_pat
     assert "these runs mix likelihood kinds (densities: gaussian; probabilities: bernoulli on binary data)" in out
     for f in ("report.md", "report.html"):
         assert "these runs mix likelihood kinds" in (dst / f).read_text()
+
+
+def test_diagnose_on_a_sweep_folder_diagnoses_every_run(beta_sweep, tmp_path):
+    """`vaerun diagnose SWEEP` was 'not a vaerun run folder': now one line per run, and each
+    run's diagnosis files and summary updated as `vaerun diagnose RUN` would."""
+    import shutil
+
+    sweep = shutil.copytree(beta_sweep, tmp_path / "sweep")
+    for f in sweep.rglob("diagnosis.*"):
+        f.unlink()
+    out = vaerun("diagnose", str(sweep))
+    assert out.returncode == 0, out.stdout + out.stderr
+    runs = sorted(p.parent for p in sweep.rglob("summary.json"))
+    assert len(runs) == 3 and all((r / "diagnosis.json").exists() and (r / "diagnosis.md").exists() for r in runs)
+    for r in runs:
+        report = json.loads((r / "diagnosis.json").read_text())
+        assert r.name in out.stdout and report["headline"].split()[0] in out.stdout

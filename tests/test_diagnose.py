@@ -551,3 +551,21 @@ def test_the_early_collapse_warning_offers_only_what_the_run_lacks(caplog):
     (msg,) = [r.getMessage() for r in caplog.records]
     assert "1 of 2 latent dims carry < 0.01 nats at step 30" in msg and "Next time try free_bits=0.25;" in msg
     assert "warmup_steps" not in msg
+
+
+def test_a_run_whose_config_has_keys_this_vaerun_does_not_know_still_opens(tiny_run, tmp_path, caplog):
+    """A sweep job given +foo=1 (before that was refused) could not be opened by any command: a
+    traceback from the structured config. Unknown keys are left out, with a warning."""
+    import shutil
+
+    from vaerun.api import load_run
+
+    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
+    text = (run_dir / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(text.replace("model:\n", "model:\n  wider: 2\n", 1) + "foo: 1\n")
+    with caplog.at_level("WARNING", logger="vaerun"):
+        cfg = load_run(run_dir).cfg
+    assert cfg.model.latent_dim == 4 and not hasattr(cfg, "foo")
+    assert "left out: model.wider, foo" in caplog.text
+    out = subprocess.run([VAERUN, "diagnose", str(run_dir)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr

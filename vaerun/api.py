@@ -45,12 +45,37 @@ class Run:
 
     @cached_property
     def cfg(self):
-        """The config as vaerun's typed dataclasses."""
+        """The config as vaerun's typed dataclasses. Keys this vaerun does not know (a run of
+        another version, or one given a ``+key`` before that was refused) are left out, with a
+        warning: they never reached the code that trained the run."""
+        import logging
+
         from omegaconf import OmegaConf
 
         from vaerun.config import TrainConfig
 
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), self.config))
+        import dataclasses
+        import typing
+
+        dropped: list[str] = []
+
+        def known(node: dict, cls, prefix: str) -> dict:
+            hints = typing.get_type_hints(cls)
+            out = {}
+            for k, v in node.items():
+                if k not in hints:
+                    dropped.append(prefix + k)
+                elif isinstance(v, dict) and dataclasses.is_dataclass(hints[k]):
+                    out[k] = known(v, hints[k], f"{prefix}{k}.")
+                else:
+                    out[k] = v
+            return out
+
+        config = known(self.config, TrainConfig, "")
+        if dropped:
+            logging.getLogger("vaerun").warning("%s: config.yaml has keys this vaerun does not know, left out: %s",
+                                                self.path, ", ".join(dropped))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), config))
 
     @property
     def summary(self) -> dict:

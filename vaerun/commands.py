@@ -176,15 +176,52 @@ def diagnose_main(argv: list[str]) -> int:
                                 "encoder, early KL vanishing, reconstruction/KL imbalance, optimization trouble "
                                 "and likelihood/data mismatch, with evidence and next steps. Writes "
                                 "diagnosis.json and diagnosis.md into the run folder.")
-    p.add_argument("run", help="a run folder")
+    p.add_argument("run", help="a run folder, or a sweep folder (or any parent): every run in it, one line each")
     p.add_argument("--checkpoint", choices=["best", "last"], default="last")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     a = p.parse_args(argv)
+    from pathlib import Path
+
+    from vaerun.runs import find_runs
+
+    if not (Path(a.run) / "config.yaml").is_file() and Path(a.run).is_dir() and find_runs([a.run]):
+        return _diagnose_many(a.run, a.checkpoint, a.device)
     run = _open(a.run, a.device)
     report = diagnose_run(run, a.checkpoint)
     print_diagnosis(report, run.path)
     print(f"wrote {run.folder.path / 'diagnosis.json'} and diagnosis.md")
     return 0 if report["overall"] != "unknown" else 1
+
+
+def _diagnose_many(folder: str, checkpoint: str, device: str) -> int:
+    """Every run under ``folder`` (a sweep, or outputs/) diagnosed anew: files and summary.json
+    updated as for one run, one line each (its status and headline); the details per run."""
+    from rich.table import Table
+
+    from vaerun.runs import find_runs
+
+    colors = {"ok": "green", "warning": "yellow", "problem": "red", "unknown": "white"}
+    table = Table(title=f"diagnosis of the runs under {folder}")
+    for col in ("run (under it)", "status", "headline"):
+        table.add_column(col)
+    worst = 0
+    for found in find_runs([folder]):
+        name = str(found.path.relative_to(folder))
+        if not found.config_file.exists():  # stopped before writing its config: nothing to read
+            table.add_row(name, "unknown", "no config.yaml")
+            continue
+        try:
+            report = diagnose_run(_open(str(found.path), device), checkpoint)
+        except Exception as err:  # one unreadable run (a corrupt checkpoint, ...) does not stop the others
+            worst = 1
+            table.add_row(name, "unknown", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            continue
+        overall = report["overall"]
+        worst = max(worst, overall == "unknown")
+        table.add_row(name, f"[{colors[overall]}]{overall}[/]", report["headline"])
+    _console().print(table)
+    print("each run's verdicts, evidence and next steps: vaerun diagnose RUN (written to its diagnosis.md)")
+    return worst
 
 
 def guarded(main, argv: list[str]) -> int:
