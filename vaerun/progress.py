@@ -37,9 +37,10 @@ def duration(seconds: float) -> str:
 class Reporter:
     """Shows training progress; every call is cheap (values arrive already as Python floats).
 
-    Off a terminal each train line ends with the time left: the remaining steps at the training
-    pace so far (validation excluded) plus the remaining validations at their measured mean cost;
-    before the first validation has been timed, the line names how many are still to come."""
+    Each train record (a log line off a terminal, the bar on one) shows the time left: the
+    remaining steps at the training pace so far (validation excluded) plus the remaining
+    validations at their measured mean cost; before the first validation has been timed, it names
+    how many are still to come."""
 
     def __init__(self, total_steps: int, bar: bool, start: int = 0, eval_every: int = 0):
         self.total, self.bar, self.start, self.eval_every = total_steps, bar, start, eval_every
@@ -69,18 +70,18 @@ class Reporter:
 
     def __enter__(self) -> "Reporter":
         if self.bar:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(
                 TextColumn("epoch {task.fields[epoch]:.2f}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]:.2f} recon {task.fields[recon]:.2f} "
                            "KL {task.fields[kl]:.2f} AU {task.fields[au]} β {task.fields[beta]:.3f} "
                            "{task.fields[speed]:,.0f} ex/s"),
-                TimeElapsedColumn(), TimeRemainingColumn(), refresh_per_second=4)
+                TimeElapsedColumn(), TextColumn("{task.fields[left]}"), refresh_per_second=4)
             self._progress.start()
             self._task = self._progress.add_task("train", total=self.total, completed=self.start, epoch=0.0, loss=float("nan"),
-                                                 recon=float("nan"), kl=float("nan"), beta=0.0, speed=0.0, au="-")
+                                                 recon=float("nan"), kl=float("nan"), beta=0.0, speed=0.0, au="-",
+                                                 left="")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -95,7 +96,8 @@ class Reporter:
     def train(self, rec: dict) -> None:
         if self._progress is not None:
             self._progress.update(self._task, completed=rec["step"], epoch=rec["epoch"], loss=rec["loss"],
-                                  recon=rec["recon"], kl=rec["kl"], beta=rec["beta"], speed=rec["examples_per_sec"])
+                                  recon=rec["recon"], kl=rec["kl"], beta=rec["beta"], speed=rec["examples_per_sec"],
+                                  left=self.time_left(rec["step"], time.monotonic()))  # validations included
         else:
             left = self.time_left(rec["step"], time.monotonic())
             log.info("step %d/%d (epoch %.2f) | loss %.3f | recon %.3f | kl %.3f | β %.3f | lr %.2e | %s ex/s%s",
