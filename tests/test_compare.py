@@ -351,3 +351,22 @@ def test_diagnose_on_a_sweep_folder_diagnoses_every_run(beta_sweep, tmp_path):
     for r in runs:
         report = json.loads((r / "diagnosis.json").read_text())
         assert r.name in out.stdout and report["headline"].split()[0] in out.stdout
+
+
+def test_eval_on_a_sweep_folder_and_compare_shows_the_test_nll(beta_sweep, tmp_path):
+    """The honest number side by side: `vaerun eval SWEEP --split test` evaluates every run, and
+    `vaerun compare` shows each run's test_nll_iw (its best-checkpoint test entry with the most K)."""
+    import shutil
+
+    sweep = shutil.copytree(beta_sweep, tmp_path / "sweep")
+    out = vaerun("eval", str(sweep), "--iw-samples", "5")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("wrote ") == 3 and f"vaerun compare {sweep}" in out.stdout
+    runs = sorted(p.parent for p in sweep.rglob("summary.json"))
+    want = {json.loads((r / "summary.json").read_text())["final_val"]["beta"]:
+            json.loads((r / "eval.json").read_text())["test/best/K=5"]["nll_iw"] for r in runs}
+    rows = json.loads(vaerun("compare", str(sweep), "--format", "json", "--no-report").stdout)
+    assert {r["beta"]: r["test_nll_iw"] for r in rows} == pytest.approx(want) and {r["test_K"] for r in rows} == {5}
+    table = vaerun("compare", str(sweep), "--no-report")
+    assert "test_nll_iw" in table.stdout and "whole test split, best checkpoint, K = 5" in table.stdout
+    assert vaerun("compare", str(sweep)).returncode == 0 and "test_nll_iw" in (sweep / "report.md").read_text()

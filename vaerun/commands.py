@@ -77,7 +77,8 @@ def eval_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="vaerun eval", description="Evaluate a run's checkpoint on a whole split: "
                                 "ELBO, KL per dim, active units, mutual information and the importance-weighted "
                                 "NLL with K samples. Writes eval.json into the run folder.")
-    p.add_argument("run", help="a run folder")
+    p.add_argument("run", help="a run folder, or a sweep folder (or any parent): every run in it in turn; "
+                   "`vaerun compare` then shows their test_nll_iw")
     p.add_argument("--iw-samples", "-k", type=int, default=1000, help="K importance samples per example (default 1000)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test",
                    help="test (default), val, or train: beside val, the generalization gap (overfitting)")
@@ -88,12 +89,32 @@ def eval_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.iw_samples < 1 or a.batch_size < 1:
         p.error("--iw-samples and --batch-size must be positive")
+    from pathlib import Path
+
+    from vaerun.runs import find_runs
+
+    if not (Path(a.run) / "config.yaml").is_file() and Path(a.run).is_dir() and find_runs([a.run]):
+        failed = 0
+        for found in find_runs([a.run]):
+            try:
+                _evaluate_one(str(found.path), a)
+            except Exception as err:  # one unreadable run does not stop the others
+                failed = 1
+                print(f"{found.path}: not evaluated ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+        print(f"side by side: vaerun compare {a.run}")
+        return failed
+    _evaluate_one(a.run, a)
+    return 0
+
+
+def _evaluate_one(path: str, a) -> None:
+    """`vaerun eval` of one run folder with the parsed arguments ``a``: its table and eval.json."""
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    run = _open(a.run, a.device)
+    run = _open(path, a.device)
     run.model(a.checkpoint), run.data()  # loaded before the clock starts
     t0 = time.time()
     with Progress(TextColumn(f"eval {a.split} K={a.iw_samples}"), BarColumn(), MofNCompleteColumn(),
@@ -123,7 +144,6 @@ def eval_main(argv: list[str]) -> int:
         table.add_row("mig", f"{res['mig']:.3f}", f"0..1, mutual information gap ({per})")
     _console().print(table)
     print(f"wrote {run.folder.path / 'eval.json'} ({res['seconds']:.1f}s)")
-    return 0
 
 
 def diagnose_run(run, checkpoint: str = "last") -> dict:

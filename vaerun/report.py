@@ -17,7 +17,8 @@ from typing import Optional
 from vaerun.runs import find_runs
 
 METRICS = ("elbo", "recon", "kl", "active_units", "mi", "nll_iw")
-OPTIONAL_METRICS = ("mig",)  # shown when some run has it (mig: datasets with ground-truth factors)
+OPTIONAL_METRICS = ("mig", "test_nll_iw")  # shown when some run has it (mig: datasets with ground-truth factors;
+#                                            test_nll_iw: `vaerun eval` on the test split, best checkpoint)
 IGNORED_KEYS = {"out_dir", "resume", "progress", "device", "tensorboard"}
 HIGHER_IS_BETTER = {"elbo", "active_units", "mi"}
 
@@ -48,10 +49,23 @@ def load(paths: list[str]) -> list[dict]:
         status = summary.get("status", "unknown")
         if status == "running" and summary.get("ended") is None:
             status = "incomplete"  # killed, or still training
+        try:
+            test = test_evaluation(folder.read_report("eval.json"))
+        except ValueError:  # a truncated eval.json: the run still shows, without it
+            test = None
+        if test and final:  # the honest number of the run, beside the validation ones
+            final = {**final, "test_nll_iw": test["nll_iw"], "test_K": test["iw_samples"]}
         runs.append({"path": str(folder.path), "config": config, "summary": summary, "records": records,
                      "final": final, "status": status, "samples": [str(p) for p in folder.grids("samples")[-1:]],
                      "pictures": {k: str(p) for k, p in folder.pictures().items()}})
     return runs
+
+
+def test_evaluation(report: dict) -> Optional[dict]:
+    """The `vaerun eval` entry a comparison shows: the whole test split, best checkpoint, the most
+    importance samples evaluated (None when the run has none)."""
+    entries = [v for k, v in report.items() if k.startswith("test/best/") and isinstance(v, dict) and "nll_iw" in v]
+    return max(entries, key=lambda v: v.get("iw_samples", 0), default=None)
 
 
 def differing_keys(runs: list[dict]) -> list[str]:
@@ -118,6 +132,9 @@ def rows(runs: list[dict], aggregate_seeds: bool = True, columns: tuple[str, ...
             row[m] = statistics.fmean(vals) if vals else None
             if len(vals) > 1:
                 row[f"{m}_std"] = statistics.stdev(vals)
+        ks = [x["final"]["test_K"] for x in members if x["final"] and x["final"].get("test_K")]
+        if ks:
+            row["test_K"] = min(ks)
         iw = [x["final"] for x in members if x["final"] and x["final"].get("iw_n") and x["final"].get("n")]
         if iw:  # how many images nll_iw covers (training: the first iw_examples of the split) ...
             row["iw_n"], row["n"] = min(f["iw_n"] for f in iw), min(f["n"] for f in iw)
@@ -187,9 +204,22 @@ def units_note(runs: list[dict]) -> Optional[str]:
             f"these runs mix {' and '.join(mixed)}")
 
 
+def test_note(table: list[dict]) -> Optional[str]:
+    """What test_nll_iw is, when some row has it; and which rows lack it."""
+    have = [r for r in table if r.get("test_nll_iw") is not None]
+    if not have:
+        return None
+    ks = sorted({r["test_K"] for r in have if r.get("test_K")})
+    missing = len(table) - len(have)
+    return (f"test_nll_iw: vaerun eval on the whole test split, best checkpoint, K = {'/'.join(map(str, ks))}"
+            + (f"; {missing} row{'s' if missing > 1 else ''} without it (vaerun eval RUN --split test)"
+               if missing else ""))
+
+
 def table_notes(runs: list[dict], table: list[dict]) -> list[str]:
-    """The notes under a comparison table: units, then nll_iw's subset (each when it applies)."""
-    return [n for n in (units_note(runs), iw_note(table)) if n]
+    """The notes under a comparison table: units, nll_iw's subset, the test evaluation (each when
+    it applies)."""
+    return [n for n in (units_note(runs), iw_note(table), test_note(table)) if n]
 
 
 def _diagnosis(summary: dict) -> Optional[str]:
