@@ -7,8 +7,8 @@ import sys
 
 COMMANDS = {
     "train": "train a VAE: vaerun train [group=option ...] [key=value ...]; -m to sweep; resume=RUN",
-    "eval": "evaluate a run on a whole split with the importance-weighted NLL: vaerun eval RUN [--iw-samples K]",
-    "diagnose": "verdicts with evidence and next steps: vaerun diagnose RUN",
+    "eval": "the importance-weighted NLL on a whole split: vaerun eval RUN|SWEEP [--iw-samples K] [--split test]",
+    "diagnose": "verdicts with evidence and next steps: vaerun diagnose RUN|SWEEP",
     "compare": "one report across run or sweep folders: vaerun compare PATH... [--sort KEY] [--format json|csv]",
     "sample": "a grid of prior samples: vaerun sample RUN [--n 64] [--temperature T] [--seed S]",
     "traverse": "latent traversals, rows sorted by KL: vaerun traverse RUN [--dims auto|0,3] [--range R] [--steps K]",
