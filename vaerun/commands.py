@@ -89,13 +89,10 @@ def eval_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.iw_samples < 1 or a.batch_size < 1:
         p.error("--iw-samples and --batch-size must be positive")
-    from pathlib import Path
-
-    from vaerun.runs import find_runs
-
-    if not (Path(a.run) / "config.yaml").is_file() and Path(a.run).is_dir() and find_runs([a.run]):
+    runs = _runs_under(a.run)
+    if runs:
         failed = 0
-        for found in find_runs([a.run]):
+        for found in runs:
             try:
                 _evaluate_one(str(found.path), a)
             except Exception as err:  # one unreadable run does not stop the others
@@ -105,6 +102,17 @@ def eval_main(argv: list[str]) -> int:
         return failed
     _evaluate_one(a.run, a)
     return 0
+
+
+def _runs_under(path: str) -> list:
+    """The run folders below ``path`` when it is a sweep folder or a parent of runs (not a run
+    itself): the commands that take a whole sweep go through them in turn. Else []."""
+    from pathlib import Path
+
+    from vaerun.runs import find_runs
+
+    p = Path(path)
+    return find_runs([p]) if p.is_dir() and not (p / "config.yaml").is_file() else []
 
 
 def _evaluate_one(path: str, a) -> None:
@@ -200,11 +208,7 @@ def diagnose_main(argv: list[str]) -> int:
     p.add_argument("--checkpoint", choices=["best", "last"], default="last")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     a = p.parse_args(argv)
-    from pathlib import Path
-
-    from vaerun.runs import find_runs
-
-    if not (Path(a.run) / "config.yaml").is_file() and Path(a.run).is_dir() and find_runs([a.run]):
+    if _runs_under(a.run):
         return _diagnose_many(a.run, a.checkpoint, a.device)
     run = _open(a.run, a.device)
     report = diagnose_run(run, a.checkpoint)
@@ -218,14 +222,12 @@ def _diagnose_many(folder: str, checkpoint: str, device: str) -> int:
     updated as for one run, one line each (its status and headline); the details per run."""
     from rich.table import Table
 
-    from vaerun.runs import find_runs
-
     colors = {"ok": "green", "warning": "yellow", "problem": "red", "unknown": "white"}
     table = Table(title=f"diagnosis of the runs under {folder}")
     for col in ("run (under it)", "status", "headline"):
         table.add_column(col)
     worst = 0
-    for found in find_runs([folder]):
+    for found in _runs_under(folder):
         name = str(found.path.relative_to(folder))
         if not found.config_file.exists():  # stopped before writing its config: nothing to read
             table.add_row(name, "unknown", "no config.yaml")
