@@ -76,6 +76,14 @@ def test_config_errors_are_one_screen_without_traceback(override, key, fix):
     assert len(text.splitlines()) <= 10
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_an_unavailable_device_is_a_config_error_before_any_run_folder(tmp_path):
+    """device=cuda on a machine without it made a failed run folder and an [ERROR] line."""
+    out = vaerun("train", "device=cuda", f"out_dir={tmp_path}")
+    assert out.returncode == 2 and "config error: device=cuda: cuda is not available" in out.stderr
+    assert "fix: use device=auto or device=cpu" in out.stderr and not list(tmp_path.iterdir())
+
+
 def test_sweep_jobs_are_hydras_product_and_the_check_composes_each():
     from vaerun.confcheck import check_sweep, sweep_jobs
 

@@ -343,7 +343,12 @@ def _check_composed(overrides: list[str]) -> Optional[str]:
     overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     try:
         cfg = compose("train", overrides=overrides)
-        validate(OmegaConf.to_object(cfg))
+        typed = OmegaConf.to_object(cfg)
+        validate(typed)
+        if typed.device.value in ("cuda", "mps"):  # asked for explicitly: is it there? (torch only then)
+            from vaerun.train import resolve_device
+
+            resolve_device(typed.device.value)
         added = _added_key(overrides)
         if added:
             return added
