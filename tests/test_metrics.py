@@ -215,11 +215,10 @@ def test_the_train_log_line_says_the_time_left_validations_included(caplog, monk
         clock[0] = 110.0                                                    # 100 steps in 10 s
         r.train({**rec, "step": 100})
         clock[0] = 130.0
-        r.advance(300)
         r.train({**rec, "step": 300})
         clock[0] = 160.0                                                    # a validation of 30 s
         r.val({"step": 300, "elbo": -1.0, "recon": 1.0, "kl": 0.0, "kl_per_dim": [0.0], "active_units": 0,
-               "mi": 0.0, "n": 10}, best=True)
+               "mi": 0.0, "n": 10}, best=True, seconds=30.0)
         clock[0] = 170.0
         r.train({**rec, "step": 400})                                       # 600 steps at 0.1 s + 3 x 30 s
     lines = [x.getMessage() for x in caplog.records if x.getMessage().startswith("step")]

@@ -24,6 +24,7 @@ def _train_task(cfg: DictConfig) -> float:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
+    from vaerun.confcheck import override_key
     from vaerun.errors import Interrupted, VaerunError
     from vaerun.progress import use_bar
     from vaerun.runs import RunFolder
@@ -47,7 +48,7 @@ def _train_task(cfg: DictConfig) -> float:
             if done is not None:
                 return done
         resume = bool(cfg.resume) or requeued
-        given = {o.lstrip("+~").split("=")[0] for o in hc.overrides.task} if cfg.resume else set()
+        given = {override_key(o) for o in hc.overrides.task} if cfg.resume else set()
         typed, resolved = _resumed_config(cfg, run, given) if resume else (
             OmegaConf.to_object(cfg), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         bar = use_bar(typed.progress.value, launcher)

@@ -97,11 +97,16 @@ def eval_main(argv: list[str]) -> int:
                 _evaluate_one(str(found.path), a)
             except Exception as err:  # one unreadable run does not stop the others
                 failed = 1
-                print(f"{found.path}: not evaluated ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+                print(f"{found.path}: not evaluated ({_one_line(err)})")
         print(f"side by side: vaerun compare {a.run}")
         return failed
     _evaluate_one(a.run, a)
     return 0
+
+
+def _one_line(err: Exception) -> str:
+    """An error in one line, for a run among many: its type and the first line of its message."""
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
 def _runs_under(path: str) -> list:
@@ -158,14 +163,12 @@ def diagnose_run(run, checkpoint: str = "last") -> dict:
     """Verdicts for a run (api.Run); writes diagnosis.json and diagnosis.md into its folder and,
     unless the run is still training (whose own summary writes would race with this one), the
     diagnosis in summary.json that `vaerun compare` shows."""
-    from vaerun.diagnose import diagnose, summary_entry, to_markdown, z_dependence
+    from vaerun.diagnose import diagnose_folder, summary_entry, z_dependence
 
     zdep = None
     if run.folder.checkpoint_file(checkpoint).exists():
         zdep = z_dependence(run.model(checkpoint), run.data(), seed=run.cfg.seed)
-    report = diagnose(run.metrics, run.config, zdep, run.folder.read_overrides())
-    run.folder.write_report("diagnosis.json", report)
-    run.folder.write_report("diagnosis.md", to_markdown(report, str(run.path)))
+    report = diagnose_folder(run.folder, run.config, zdep)
     summary = run.folder.read_summary()
     if summary.get("status") not in (None, "running") and report["overall"] != "unknown":
         summary["diagnosis"] = summary_entry(report)
@@ -176,7 +179,7 @@ def diagnose_run(run, checkpoint: str = "last") -> dict:
 def print_diagnosis(report: dict, path) -> None:
     from rich.table import Table
 
-    from vaerun.diagnose import command
+    from vaerun.diagnose import next_commands
 
     colors = {"ok": "green", "warning": "yellow", "problem": "red", "unknown": "white"}
     table = Table(title=f"diagnosis of {path}: [{colors[report['overall']]}]{report['overall']}[/] — "
@@ -189,14 +192,12 @@ def print_diagnosis(report: dict, path) -> None:
                       f"{v['explanation']}[/]", "\n".join(v["next_steps"]))
     console = _console()
     console.print(table)
-    steps = [(v["name"], s) for v in report["verdicts"] if v["status"] != "ok" for s in v["next_steps"]]
-    if steps:  # whole commands, unwrapped, to paste: the run's own overrides with the change
+    commands = next_commands(report, path)
+    if commands:  # whole commands, unwrapped, to paste: the run's own overrides with the change
         console.print("next steps as whole commands (this run's command line with the change; a longer run "
                       "continues this one):", highlight=False)
-        resume_from = str(path) if report.get("resumable") else None
-        for name, s in steps:
-            console.print(f"  {command(s, report.get('overrides', ()), resume_from)}   [dim]# {name}[/]",
-                          soft_wrap=True, highlight=False)
+        for name, c in commands:
+            console.print(f"  {c}   [dim]# {name}[/]", soft_wrap=True, highlight=False)
 
 
 def diagnose_main(argv: list[str]) -> int:
@@ -229,14 +230,11 @@ def _diagnose_many(folder: str, checkpoint: str, device: str) -> int:
     worst = 0
     for found in _runs_under(folder):
         name = str(found.path.relative_to(folder))
-        if not found.config_file.exists():  # stopped before writing its config: nothing to read
-            table.add_row(name, "unknown", "no config.yaml")
-            continue
         try:
             report = diagnose_run(_open(str(found.path), device), checkpoint)
-        except Exception as err:  # one unreadable run (a corrupt checkpoint, ...) does not stop the others
+        except Exception as err:  # an unreadable run (no config.yaml, a bad checkpoint) does not stop the others
             worst = 1
-            table.add_row(name, "unknown", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            table.add_row(name, "unknown", _one_line(err))
             continue
         overall = report["overall"]
         worst = max(worst, overall == "unknown")

@@ -147,17 +147,23 @@ _RESUME_MAY_CHANGE = {"resume", "progress", "device"}
 RESUME_LENGTH = ("epochs", "max_steps")  # a resumed run may be made longer (or shorter, down to its step)
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
+    """The key (or group) an override sets: ``+model.hidden=[8]`` -> ``model.hidden``."""
     return override.lstrip("+~").split("=")[0]
+
+
+def without_hydra(overrides: list[str]) -> list[str]:
+    """The overrides but Hydra's own (``hydra.*``, ``hydra/launcher=...``): not vaerun's to check."""
+    return [o for o in overrides if not override_key(o).startswith(("hydra.", "hydra/"))]
 
 
 def check_resume(folder: str, overrides: list[str], cfg) -> Optional[str]:
     """A resumed run keeps its own config, but for its length; the folder must hold a config and a
-    checkpoint. ``cfg``: the composed config, whose ``epochs``/``max_steps`` the overrides set."""
+    checkpoint. ``cfg``: the composed config, whose ``epochs``/``max_steps`` the overrides set
+    (``overrides`` without Hydra's own)."""
     from pathlib import Path
 
-    changed = [o for o in overrides if _key(o) not in _RESUME_MAY_CHANGE | set(RESUME_LENGTH)
-               and not o.lstrip("+~").startswith("hydra")]
+    changed = [o for o in overrides if override_key(o) not in _RESUME_MAY_CHANGE | set(RESUME_LENGTH)]
     if changed:
         return (f"{changed[0]}: a resumed run continues with its own config (its config.yaml), so it cannot be "
                 f"changed (only its length: epochs, max_steps).\n  fix: drop {' '.join(changed)}, or start a new run")
@@ -169,7 +175,7 @@ def check_resume(folder: str, overrides: list[str], cfg) -> Optional[str]:
     if not (run / "checkpoints" / "last.pt").is_file():
         return (f"resume={folder}: the run has no checkpoint yet (checkpoints/last.pt); it stopped before its "
                 f"first step.\n  fix: start it again as a new run")
-    given = {_key(o) for o in overrides} & set(RESUME_LENGTH)
+    given = {override_key(o) for o in overrides} & set(RESUME_LENGTH)
     if given:
         problem = _check_new_length(run, given, cfg.epochs, cfg.max_steps)
         if problem:
@@ -247,7 +253,7 @@ def _added_key(overrides: list[str]) -> Optional[str]:
     for o in overrides:
         if not o.startswith("+"):
             continue
-        key = _key(o)
+        key = override_key(o)
         if "/" in key or key in (*GROUPS, "experiment"):
             continue
         base = compose("train", overrides=[x for x in overrides if x is not o])
@@ -292,7 +298,7 @@ def check_sweep(overrides: list[str]) -> Optional[str]:
 
     from vaerun.config import register_configs
 
-    overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    overrides = without_hydra(overrides)
     for o in overrides:
         try:
             sweep_axes([o])
@@ -340,7 +346,7 @@ def _check_composed(overrides: list[str]) -> Optional[str]:
     """``check`` inside an initialized Hydra context (a sweep checks all its jobs in one)."""
     from hydra import compose
 
-    overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    overrides = without_hydra(overrides)
     try:
         cfg = compose("train", overrides=overrides)
         typed = OmegaConf.to_object(cfg)

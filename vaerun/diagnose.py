@@ -254,7 +254,7 @@ def _overfitting(train: list[dict], vals: list[dict], config: dict) -> dict:
     data = config.get("dataset", {}) or {}
     steps = (["dataset.binarize=dynamic"] if data.get("binarize") == "static" else []) + \
             (["dataset.subset=null"] if data.get("subset") else []) + \
-            ([] if config.get("early_stop") else ["early_stop=3"]) + \
+            ([] if patience else ["early_stop=3"]) + \
             [f"max_steps={v_best['step']}", "optimizer=adamw optimizer.weight_decay=1.0"]
     status = "problem" if fall > FALL_PROBLEM * abs(v_best["elbo"]) else "warning"
     return verdict("overfitting", status, f"overfitting: the validation ELBO fell {fall:.2f} nats from its best "
@@ -429,15 +429,23 @@ def command(step: str, overrides: Sequence[str] = (), resume_from: Optional[str]
     run longer (``epochs``, ``max_steps``) continues the run itself when ``resume_from`` (its
     folder) is given: the steps it trained are not trained again. A new ``epochs`` also drops the
     run's ``max_steps`` (which would otherwise still set the length)."""
+    from vaerun.confcheck import override_key, without_hydra
+
     new = step.split()
-    replaced = {o.lstrip("+~").split("=", 1)[0] for o in new}
+    replaced = {override_key(o) for o in new}
     if resume_from is not None and replaced <= {"epochs", "max_steps"}:
         return " ".join(["vaerun", "train", "resume=" + _shell(str(resume_from)), *new])
-    if "epochs" in replaced:
-        replaced.add("max_steps")
-    kept = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in replaced
-            and not o.lstrip("+~").startswith(("hydra.", "hydra/", "resume="))]
+    replaced |= {"resume"} | ({"max_steps"} if "epochs" in replaced else set())
+    kept = [o for o in without_hydra(list(overrides)) if override_key(o) not in replaced]
     return " ".join(["vaerun", "train", *(_shell(o) for o in kept + new)])
+
+
+def next_commands(report: dict, run_path) -> list[tuple[str, str]]:
+    """(check, whole command) for each next step of each verdict that is not ok, in order: what
+    `vaerun diagnose` prints and diagnosis.md lists."""
+    resume_from = str(run_path) if report.get("resumable") else None
+    return [(v["name"], command(s, report.get("overrides", ()), resume_from))
+            for v in report["verdicts"] if v["status"] != "ok" for s in v["next_steps"]]
 
 
 def _shell(word: str) -> str:
@@ -459,9 +467,18 @@ def to_markdown(report: dict, run_path: str) -> str:
         ev = ", ".join(f"{k}={v2}" for k, v2 in v["evidence"].items() if k != "kl_per_dim")
         lines.append(f"| {v['name']} | {v['status']} | {v['verdict']} | {ev} |")
     lines.append("")
+    commands = next_commands(report, run_path)
     for v in report["verdicts"]:
         if v["status"] != "ok":
             lines += [f"## {v['name']}: {v['verdict']}", "", v["explanation"] + ".", "", "Try:", ""]
-            lines += [f"    {command(s, report.get('overrides', ()), run_path if report.get('resumable') else None)}"
-                      for s in v["next_steps"]] + [""]
+            lines += [f"    {c}" for name, c in commands if name == v["name"]] + [""]
     return "\n".join(lines)
+
+
+def diagnose_folder(folder, config: dict, zdep: Optional[dict]) -> dict:
+    """Diagnoses the run in ``folder`` (runs.RunFolder) from its metrics and command line, and
+    writes diagnosis.json and diagnosis.md there: the end of training and `vaerun diagnose`."""
+    report = diagnose(folder.read_metrics(), config, zdep, folder.read_overrides())
+    folder.write_report("diagnosis.json", report)
+    folder.write_report("diagnosis.md", to_markdown(report, str(folder.path)))
+    return report

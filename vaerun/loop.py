@@ -227,7 +227,7 @@ class Trainer:
                                           total_steps=total))
             self.rngs.epoch_start = self.rngs.order.get_state()
             self.save()  # step 0: resume and rollback always have a starting point
-        while self.state.step < total and not self.state.stopped_early:
+        while self._more_to_train():
             self.rngs.epoch_start = self.rngs.order.get_state()
             rolled_back = False
             for xb in self.parts.data.train_epoch(self.cfg.batch_size, self.rngs.order, skip=self.state.batch):
@@ -238,9 +238,9 @@ class Trainer:
                 if stop.requested is not None:
                     self.save()
                     raise Interrupted(stop.requested)
-                if self.state.step >= total or self.state.stopped_early:
+                if not self._more_to_train():
                     break
-            if not rolled_back and self.state.step < total and not self.state.stopped_early:
+            if not rolled_back and self._more_to_train():
                 self.state.epoch, self.state.batch = self.state.epoch + 1, 0
                 if self.state.aggressive:
                     self._aggressive_check()
@@ -249,6 +249,10 @@ class Trainer:
                 "rollbacks": s.rollbacks, "lr_scale": s.lr_scale,
                 "stopped_early": {"step": s.step, "best_step": s.best_val["step"]} if s.stopped_early else None,
                 "examples_per_sec": self.seen_total / self.train_time if self.train_time > 0 else None}
+
+    def _more_to_train(self) -> bool:
+        """Steps left to take, and early_stop has not ended the run."""
+        return self.state.step < self.parts.total_steps and not self.state.stopped_early
 
     def _step(self, xb: torch.Tensor) -> bool:
         """One batch. False when a non-finite step rolled the run back to the last checkpoint."""
@@ -362,7 +366,7 @@ class Trainer:
         self.watch.check(s.step, v["kl_per_dim"])
         is_best = v["elbo"] > s.best_elbo
         self.run.append_metrics(v)
-        self.reporter.val(v, is_best)
+        self.reporter.val(v, is_best, time.time() - t)
         _log_tb(self.writer, "val", v)
         if p.lr_scheduler is not None and not is_per_step(p.lr_scheduler):
             p.lr_scheduler.step(v["loss"])

@@ -45,7 +45,7 @@ class Reporter:
     def __init__(self, total_steps: int, bar: bool, start: int = 0, eval_every: int = 0):
         self.total, self.bar, self.start, self.eval_every = total_steps, bar, start, eval_every
         self._progress = self._task = None
-        self._t0 = self._last_step = time.monotonic()
+        self._t0 = time.monotonic()
         self._val_seconds, self._vals = 0.0, 0
 
     def validations_left(self, step: int) -> int:
@@ -89,7 +89,6 @@ class Reporter:
             self._progress.stop()
 
     def advance(self, step: int) -> None:
-        self._last_step = time.monotonic()  # a validation that follows is timed from here
         if self._progress is not None:
             self._progress.update(self._task, completed=step)
 
@@ -104,8 +103,9 @@ class Reporter:
                      rec["step"], self.total, rec["epoch"], rec["loss"], rec["recon"], rec["kl"], rec["beta"],
                      rec["lr"], f"{rec['examples_per_sec']:,.0f}", f" | {left}" if left else "")
 
-    def val(self, rec: dict, best: bool) -> None:
-        self._val_seconds, self._vals = self._val_seconds + time.monotonic() - self._last_step, self._vals + 1
+    def val(self, rec: dict, best: bool, seconds: float = 0.0) -> None:
+        """``seconds``: what the validation took (the loop times it), for the time left."""
+        self._val_seconds, self._vals = self._val_seconds + seconds, self._vals + 1
         d = len(rec["kl_per_dim"])
         if self._progress is not None:
             self._progress.update(self._task, au=f"{rec['active_units']}/{d}")

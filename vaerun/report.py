@@ -78,6 +78,17 @@ SWEPT_FIRST = ("beta", "free_bits", "seed", "model.name", "likelihood.name", "sc
                "optimizer.lr", "batch_size", "model.latent_dim", "dataset.name")
 
 
+def _unknown(problem: str, name: str, known, fix: str):
+    """Raises the error for a name the runs do not have (``--keys``, ``--sort``), with the closest
+    known ones."""
+    import difflib
+
+    from vaerun.errors import VaerunError
+
+    close = difflib.get_close_matches(name, sorted(known), n=3)
+    raise VaerunError(problem + (f" (did you mean {', '.join(close)}?)" if close else "") + f".\n  fix: {fix}")
+
+
 def column_keys(runs: list[dict], chosen: Optional[list[str]] = None, skip: tuple[str, ...] = ()) -> list[str]:
     """The config keys shown as table columns and plot labels. ``chosen`` (``--keys``): those, each
     a config key of some run. Otherwise the differing keys but ``skip`` (``seed`` when seeds are
@@ -87,14 +98,8 @@ def column_keys(runs: list[dict], chosen: Optional[list[str]] = None, skip: tupl
         known = {k for r in runs for k in r["config"]}
         for k in chosen:
             if k not in known:
-                import difflib
-
-                from vaerun.errors import VaerunError
-
-                close = difflib.get_close_matches(k, sorted(known), n=3)
-                raise VaerunError(f"--keys {k}: no run has this config key"
-                                  + (f" (did you mean {', '.join(close)}?)" if close else "") +
-                                  f".\n  fix: use dotted config keys, e.g. --keys beta,model.name,optimizer.lr")
+                _unknown(f"--keys {k}: no run has this config key", k, known,
+                         "use dotted config keys, e.g. --keys beta,model.name,optimizer.lr")
         return list(chosen)
     keys = [k for k in differing_keys(runs) if k not in skip]
     if len(keys) <= MAX_KEY_COLUMNS:
@@ -238,13 +243,8 @@ def sort_rows(table: list[dict], key: Optional[str]) -> list[dict]:
     desc, key = key.startswith("-"), key.lstrip("-")
     columns = sorted({k for r in table for k in r if k not in ("paths", "label", "error")})
     if table and key not in columns:
-        import difflib
-
-        from vaerun.errors import VaerunError
-
-        close = difflib.get_close_matches(key, columns, n=3)
-        raise VaerunError(f"--sort {key}: no such column" + (f" (did you mean {', '.join(close)}?)" if close else "")
-                          + f".\n  fix: sort by one of {', '.join(columns)}; prefix - for descending, e.g. --sort=-elbo")
+        _unknown(f"--sort {key}: no such column", key, columns,
+                 f"sort by one of {', '.join(columns)}; prefix - for descending, e.g. --sort=-elbo")
     present = [r for r in table if r.get(key) is not None]
     missing = [r for r in table if r.get(key) is None]
     try:

@@ -107,13 +107,11 @@ def train(cfg: TrainConfig, run, config: dict, *, bar: bool = False, resume: boo
 
 def _diagnose(run, config: dict, parts, seed: int) -> dict:
     """Runs `vaerun diagnose` on the finished model; returns the verdicts for summary.json."""
-    from vaerun.diagnose import diagnose, summary_entry, to_markdown, z_dependence
+    from vaerun.diagnose import diagnose_folder, summary_entry, z_dependence
 
     with parts.evaluated():  # the weights the validation records were computed with
         zdep = z_dependence(parts.model, parts.data, seed=seed)
-    report = diagnose(run.read_metrics(), config, zdep, run.read_overrides())
-    run.write_report("diagnosis.json", report)
-    run.write_report("diagnosis.md", to_markdown(report, str(run.path)))
+    report = diagnose_folder(run, config, zdep)
     log.info("diagnosis: %s — %s (details: vaerun diagnose %s)", report["overall"], report["headline"], run.path)
     return summary_entry(report)
 
