@@ -262,6 +262,44 @@ def test_schedule_check_on_records():
     assert opt["next_steps"] == ["eval_every=100"]
 
 
+def test_the_balance_is_judged_at_the_beta_the_run_trained_at(monkeypatch):
+    """A Fashion-MNIST run of 300 steps with a 1000-step warm-up ended at β = 0.3 with its aggregate
+    posterior 21 nats from the prior: 'reconstruction dominates' offered beta=2 (never trained at
+    either) and schedule=constant; it now names the β the run ended at and offers to finish the
+    warm-up, the schedule check's steps; `vaerun diagnose` prints each such command once."""
+    from vaerun.commands import print_diagnosis
+    from vaerun.diagnose import diagnose
+
+    val = {"split": "val", "step": 300, "kl": 75.0, "kl_per_dim": [4.7] * 16, "elbo": 228.0, "mi": 6.9,
+           "active_units": 16, "aggregate_kl": 21.0}
+    train = [{"split": "train", "step": 100 * (i + 1), "loss": -100.0, "beta": 0.1 * (i + 1) - 0.001}
+             for i in range(3)]
+    config = {"beta": 1.0, "schedule": {"name": "linear", "beta_start": 0.0, "warmup_steps": 1000}}
+    report = diagnose([*train, val], config, overrides=["max_steps=300"])
+    imb, sched = checks(report)["imbalance"], checks(report)["schedule"]
+    assert imb["status"] == "warning" and "ended its warm-up at β=0.299, short of beta=1" in imb["verdict"]
+    assert imb["evidence"]["final_beta"] == 0.299
+    assert imb["next_steps"] == sched["next_steps"] == ["schedule.warmup_steps=60", "max_steps=1250"]
+    finished = diagnose([*train[:2], {**train[2], "beta": 1.0}, val], config)   # reached its β: raise it
+    assert checks(finished)["imbalance"]["next_steps"] == ["beta=2", "schedule=constant"]
+    falling = {"beta": 1.0, "schedule": {"name": "linear", "beta_start": 8.0, "warmup_steps": 1000}}
+    kl_wins = diagnose([*train[:2], {**train[2], "beta": 6.0}, {**val, "kl_per_dim": [0.001] * 16}], falling)
+    assert checks(kl_wins)["imbalance"]["verdict"] == "KL dominates: β=6 switched off 16 dims"
+    assert checks(kl_wins)["imbalance"]["next_steps"] == checks(kl_wins)["schedule"]["next_steps"]
+
+    import io
+
+    import rich.console
+
+    import vaerun.commands
+    buf = io.StringIO()
+    monkeypatch.setattr(vaerun.commands, "_console", lambda: rich.console.Console(file=buf, width=200))
+    print_diagnosis(report, "outputs/run")
+    lines = [x for x in buf.getvalue().splitlines() if x.startswith("  vaerun train")]
+    assert lines == ["  vaerun train max_steps=300 schedule.warmup_steps=60   # imbalance, schedule",
+                     "  vaerun train resume=outputs/run max_steps=1250   # imbalance, schedule"]
+
+
 def test_a_noisy_end_is_a_warning_with_averaging_and_a_real_fall_a_problem():
     """The final ELBO below the best: 2-10 % without non-finite steps or spikes is the weights
     wandering at the end (a warning whose first remedy is a weight average sized to the run), more

@@ -196,8 +196,11 @@ def print_diagnosis(report: dict, path) -> None:
     if commands:  # whole commands, unwrapped, to paste: the run's own overrides with the change
         console.print("next steps as whole commands (this run's command line with the change; a longer run "
                       "continues this one):", highlight=False)
+        checks: dict[str, list[str]] = {}  # a command two checks advise is printed once, naming both
         for name, c in commands:
-            console.print(f"  {c}   [dim]# {name}[/]", soft_wrap=True, highlight=False)
+            checks.setdefault(c, []).append(name)
+        for c, names in checks.items():
+            console.print(f"  {c}   [dim]# {', '.join(names)}[/]", soft_wrap=True, highlight=False)
 
 
 def diagnose_main(argv: list[str]) -> int:

@@ -168,18 +168,30 @@ def _early_vanishing(vals: list[dict], thr: float, early: int) -> dict:
                    ev, why, [f"schedule=linear schedule.warmup_steps={max(1000, 4 * hit['step'])}", "free_bits=0.1"])
 
 
-def _imbalance(val: dict, beta: float, thr: float) -> dict:
+def _imbalance(val: dict, beta: float, thr: float, schedule: Optional[dict] = None) -> dict:
+    """Which term wins. ``schedule``: the schedule verdict; when its warm-up did not finish, the
+    balance is judged at the β the run ended at, and finishing the warm-up is the remedy (doubling
+    the configured β would not touch a run that never trained at it)."""
     agg, kl = val.get("aggregate_kl", 0.0), val["kl"]
     dead = sum(k < thr for k in val["kl_per_dim"])
     ev = {"beta": beta, "aggregate_kl": round(agg, 4), "kl": round(kl, 4), "collapsed_dims": dead}
-    if beta > 1 and dead * 2 >= len(val["kl_per_dim"]):
-        return verdict("imbalance", "problem", f"KL dominates: β={beta:g} switched off {dead} dims", ev,
-                       "the KL weight outweighs what reconstruction gains from using z", [f"beta={max(beta / 4, 1):g}"])
+    short = schedule is not None and schedule["status"] != "ok"
+    trained = schedule["evidence"]["final_beta"] if short else beta
+    if short:
+        ev["final_beta"] = trained
+    if trained > 1 and dead * 2 >= len(val["kl_per_dim"]):
+        return verdict("imbalance", "problem", f"KL dominates: β={trained:g} switched off {dead} dims", ev,
+                       "the KL weight outweighs what reconstruction gains from using z", [f"beta={max(beta / 4, 1):g}"]
+                       if not short else schedule["next_steps"])
     if agg > max(2.0, 0.5 * len(val["kl_per_dim"]), 0.25 * kl):  # ~0.3 nats/dim is usual at β = 1
+        why = (f"q(z) averaged over data is {agg:.2f} nats from N(0, I): prior samples land where the "
+               "decoder saw no data, so samples look worse than reconstructions")
+        if short and trained < beta:
+            return verdict("imbalance", "warning", f"reconstruction dominates: the run ended its warm-up at "
+                           f"β={trained:.3g}, short of beta={beta:g}", ev, why + "; the run never trained at "
+                           "its β, so finish the warm-up before raising it", schedule["next_steps"])
         return verdict("imbalance", "warning", "reconstruction dominates: the aggregate posterior misses the prior",
-                       ev, f"q(z) averaged over data is {agg:.2f} nats from N(0, I): prior samples land where the "
-                       "decoder saw no data, so samples look worse than reconstructions",
-                       [f"beta={beta * 2:g}", "schedule=constant"])
+                       ev, why, [f"beta={beta * 2:g}", "schedule=constant"])
     return verdict("imbalance", "ok", "balanced: the aggregate posterior matches the prior", ev,
                    f"q(z) is {agg:.2f} nats from N(0, I) (moment-matched)")
 
@@ -394,10 +406,11 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None, ove
     optimization = _optimization(train, vals, events, lr, opt.get("ema", 0.0) or 0.0,
                                  opt.get("lr_scheduler", "none") or "none", _longer(config, total),
                                  overfitting["evidence"].get("memorising", False))
+    schedule = _schedule(train, audit, config)
     out = [_collapse(vals[-1], zdep, thr, beta, total, config),
            _lagging(vals[-1], config, total),
-           _early_vanishing(vals, thr, early), _imbalance(vals[-1], beta, thr), optimization, overfitting,
-           _schedule(train, audit, config), _likelihood(audit, config.get("likelihood", {}), config.get("dataset", {}))]
+           _early_vanishing(vals, thr, early), _imbalance(vals[-1], beta, thr, schedule), optimization, overfitting,
+           schedule, _likelihood(audit, config.get("likelihood", {}), config.get("dataset", {}))]
     worst = max(out, key=lambda v: ORDER[v["status"]])
     headline = "healthy: no problem found" if worst["status"] == "ok" else worst["verdict"]
     causes = [v for v in out if v["status"] == worst["status"] != "ok" and (  # root causes lead the headline:
