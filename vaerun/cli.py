@@ -7,6 +7,7 @@ import sys
 
 COMMANDS = {
     "train": "train a VAE: vaerun train [group=option ...] [key=value ...]; -m to sweep; resume=RUN",
+    "plan": "what a train command will do, without training: length, β / lr at each turn, audit: vaerun plan [overrides]",
     "eval": "the importance-weighted NLL on a whole split: vaerun eval RUN|SWEEP [--iw-samples K] [--split test]",
     "diagnose": "verdicts with evidence and next steps: vaerun diagnose RUN|SWEEP",
     "compare": "one report across run or sweep folders: vaerun compare PATH... [--sort KEY] [--format json|csv]",
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "train":
         return _train(rest)
-    if command in ("eval", "diagnose", "compare", "sample", "traverse", "interpolate", "latents"):
+    if command in ("plan", "eval", "diagnose", "compare", "sample", "traverse", "interpolate", "latents"):
         from vaerun import commands
 
         return commands.guarded(getattr(commands, f"{command}_main"), rest)
@@ -162,5 +163,12 @@ if __name__ == "__main__":
 
 
 def run() -> None:
-    """Console-script entry point: exit with main()'s status."""
-    sys.exit(main())
+    """Console-script entry point: exit with main()'s status. Output piped into a reader that
+    stops early (``vaerun compare --format json | head``) ends quietly, as other command-line tools do."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        code = 141  # 128 + SIGPIPE, what the shell reports for a tool killed by the broken pipe
+    sys.exit(code)

@@ -247,6 +247,127 @@ def _diagnose_many(folder: str, checkpoint: str, device: str) -> int:
     return worst
 
 
+def plan_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="vaerun plan", description="What `vaerun train` with the same overrides will do, "
+                                "without training: the data and model it builds, its length in steps and epochs, "
+                                "when it validates, checkpoints and draws sample grids, β, the learning rate and the "
+                                "capacity at every step where they turn, and the step-0 audit of the loss terms "
+                                "with its warnings. Built by the same code as the run, on the CPU.",
+                                usage="vaerun plan [group=option ...] [key=value ...] [--plot FILE] [--format json]")
+    p.add_argument("overrides", nargs="*", help="the overrides you would give vaerun train")
+    p.add_argument("--plot", metavar="FILE", help="also draw β, the learning rate and the capacity against step "
+                   "into this PNG")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    a = p.parse_args(argv)
+    import json
+
+    from omegaconf import OmegaConf
+
+    from vaerun.cli import expand_home
+    from vaerun.config import Device
+    from vaerun.confcheck import check, compose_config, sweep_axes
+    from vaerun.plan import audit_lines, figure, plan
+    from vaerun.train import build
+
+    overrides = expand_home(a.overrides)
+    try:
+        swept = [(o, axis) for o, axis in zip(overrides, sweep_axes(overrides)) if len(axis) > 1]
+    except Exception:  # a syntax error: check() words it
+        swept = []
+    problem = (f"{swept[0][0]} is a sweep; vaerun plan plans one run.\n  fix: plan one value at a time, "
+               f"e.g. vaerun plan {swept[0][1][0]}") if swept else check(overrides)
+    cfg = None if problem else OmegaConf.to_object(compose_config(overrides))
+    if cfg is not None and cfg.resume:
+        problem = (f"resume={cfg.resume}: vaerun plan plans a new run; a resumed run keeps its own config.yaml.\n"
+                   f"  fix: drop resume= (vaerun train resume=RUN max_steps=N checks a new length itself)")
+    if problem:
+        print(f"vaerun plan: config error: {problem}", file=sys.stderr)
+        return 2
+    cfg.device, cfg.compile = Device.cpu, False  # the plan needs no accelerator and no compiled step
+    parts = build(cfg)
+    out = plan(cfg, parts)
+    out["audit"], lines = audit_lines(cfg, parts)
+    out["overrides"] = list(a.overrides)
+    if a.plot:
+        from pathlib import Path
+
+        import matplotlib.pyplot as plt
+
+        from vaerun.errors import VaerunError
+
+        fig, written = figure(out, parts), Path(a.plot)
+        try:
+            written.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(written, format="png", dpi=110, bbox_inches="tight")
+        except OSError as err:
+            raise VaerunError(f"--plot {a.plot}: cannot write it ({err.strerror or err}).\n"
+                              f"  fix: a path in a folder you can write, e.g. --plot plan.png") from None
+        finally:
+            plt.close(fig)
+    if a.format == "json":
+        print(json.dumps(out, indent=1))
+        return 0
+    print_plan(out, lines)
+    if a.plot:
+        print(f"wrote {written}")
+    return 0
+
+
+def print_plan(p: dict, audit: list[str]) -> None:
+    from rich.table import Table
+
+    def n(x) -> str:
+        return f"{x:,}"
+
+    d, m, o = p["data"], p["model"], p["optimizer"]
+    vals, grids = p["validations"], p["sample_grids"]
+    shown = lambda steps: ", ".join(map(n, steps)) if len(steps) <= 8 else \
+        f"{', '.join(map(n, steps[:3]))}, ..., {', '.join(map(n, steps[-2:]))}"  # noqa: E731
+    sched = p["schedule"]
+    lines = [
+        f"plan of: vaerun train {' '.join(p['overrides'])}".rstrip(),
+        f"data        {d['name']}: {n(d['train'])} train / {n(d['val'])} val / {n(d['test'])} test images of "
+        f"{'x'.join(map(str, d['shape']))} (binarize {d['binarize']})",
+        f"model       {m['name']}, {n(m['parameters'])} parameters, latent_dim {m['latent_dim']}, "
+        f"{m['likelihood']} likelihood",
+        f"length      {n(p['steps'])} steps of batch {p['batch_size']} = {p['epochs']:g} epochs of "
+        f"{n(p['steps_per_epoch'])} steps" + (f" (max_steps={p['max_steps']})" if p["max_steps"] is not None else ""),
+        f"validation  {len(vals)} pass{'es' if len(vals) > 1 else ''} at step{'s' if len(vals) > 1 else ''} {shown(vals)}" +
+        (f"; early_stop={p['early_stop']} may end the run sooner" if p["early_stop"] else ""),
+        f"files       a checkpoint every {n(p['checkpoints_every'])} steps and at each validation (best kept); "
+        f"sample grids at {shown(grids)}; a log line every {p['log_every']} steps",
+        "β           " + ", ".join([sched["name"]] + [f"{k}={v:g}" for k, v in sched.items() if k != "name"]) +
+        f"; free_bits={p['free_bits']:g}; the last step trains at β={p['final_beta']:.4g}",
+        f"optimizer   {o['name']}, lr {o['lr']:g}, lr_scheduler {o['lr_scheduler']}" +
+        (" (the rate falls when validation stalls: decided during the run, so the table shows the starting rate)"
+         if o["lr_scheduler"] == "plateau" else "") +
+        (f", grad_clip {o['grad_clip']:g}" if o["grad_clip"] else "") + (f", ema {o['ema']:g}" if o["ema"] else ""),
+    ]
+    if p["capacity"]:
+        c = p["capacity"]
+        lines.append(f"capacity    C from 0 to {c['c_max']:g} nats over steps {n(c['delay_steps'] + 1)}–"
+                     f"{n(c['delay_steps'] + c['steps'])}, weighted by γ={c['gamma']:g}")
+    if p["aggressive"]:
+        lines.append("aggressive  encoder-only inner updates before each step until the mutual information stops "
+                     "rising (checked at the end of each epoch)")
+    console = _console()
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
+    cols = ["step", "epoch", "β", "lr"] + (["C [nats]"] if p["capacity"] else [])
+    console.print(f"β, the learning rate{' and C' if p['capacity'] else ''} at the first and last step, where they "
+                  f"turn ({len(p['turning_points']) or 'no'} step{'s' if len(p['turning_points']) != 1 else ''}{'; evenly chosen among them' if len(p['rows']) < len(p['turning_points']) else ''}) and at "
+                  "the validation passes (↓ marks those):", highlight=False, soft_wrap=True)
+    table = Table()
+    for c in cols:
+        table.add_column(c, justify="right")
+    for r in p["rows"]:
+        table.add_row(n(r["step"]) + (" ↓" if r["step"] in vals else "  "), f"{r['epoch']:.2f}", f"{r['beta']:.4g}", f"{r['lr']:.3g}",
+                      *([f"{r['capacity']:.3g}"] if p["capacity"] else []))
+    console.print(table)
+    for line in audit:
+        console.print(line, highlight=False, soft_wrap=True)
+
+
 def guarded(main, argv: list[str]) -> int:
     """User-facing errors as one message, exit 2, no traceback."""
     from vaerun.errors import VaerunError

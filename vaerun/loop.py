@@ -184,6 +184,14 @@ def save_grids(run, model: VAE, data: Data, step: int, num_samples: int, seed: i
 
 
 # ---------------------------------------------------------------- the loop
+def step0_audit(parts: Parts, cfg: TrainConfig) -> dict:
+    """The audit record (checks.audit) of a run before its first step: what training writes first
+    and `vaerun plan` shows."""
+    total = parts.total_steps
+    return audit(parts.model, parts.data, cfg.batch_size, parts.schedule(0), cfg.beta, cfg.free_bits, cfg.seed,
+                 final_beta=parts.schedule(total - 1), total_steps=total)
+
+
 class Trainer:
     """Runs ``parts`` for ``cfg`` into ``run``: train steps, logging, evaluation, grids,
     checkpoints; resumes from and rolls back to checkpoints."""
@@ -219,12 +227,8 @@ class Trainer:
 
     def fit(self, stop: GracefulStop) -> dict:
         """Trains to total_steps; returns {'final_val', 'best_val', 'steps', 'examples_per_sec'}."""
-        total = self.parts.total_steps
         if self.state.step == 0 and self.state.batch == 0:
-            p = self.parts
-            self.run.append_metrics(audit(p.model, p.data, self.cfg.batch_size, p.schedule(0), self.cfg.beta,
-                                          self.cfg.free_bits, self.cfg.seed, final_beta=p.schedule(total - 1),
-                                          total_steps=total))
+            self.run.append_metrics(step0_audit(self.parts, self.cfg))
             self.rngs.epoch_start = self.rngs.order.get_state()
             self.save()  # step 0: resume and rollback always have a starting point
         while self._more_to_train():
@@ -274,12 +278,13 @@ class Trainer:
         self.acc.add(loss, *terms.batch_means())
         self.state.step += 1
         self.seen += x.shape[0]
+        lr = p.optimizer.param_groups[0]["lr"] if logs else None  # the rate this step trained with, logged beside its β
         if is_per_step(p.lr_scheduler):
             p.lr_scheduler.step()
         step, last = self.state.step, self.state.step == p.total_steps
         self.reporter.advance(step)
         if logs:
-            self._log_train(beta, gnorm)
+            self._log_train(beta, gnorm, lr)
         if step % cfg.eval_every == 0 or last:
             self._evaluate(beta)
             last = last or self.state.stopped_early  # early_stop ended the run: its grids as at the last step
@@ -334,12 +339,12 @@ class Trainer:
         s.aggressive_mi = mi
         self.t_log += time.time() - t
 
-    def _log_train(self, beta: float, gnorm: torch.Tensor) -> None:
+    def _log_train(self, beta: float, gnorm: torch.Tensor, lr: float) -> None:
         now = time.time()
         self.train_time, self.seen_total = self.train_time + now - self.t_log, self.seen_total + self.seen
         s = self.state
         rec = {"step": s.step, "epoch": round(s.step / self.parts.steps_per_epoch, 4), "split": "train",
-               **self.acc.mean(), "beta": beta, "lr": self.parts.optimizer.param_groups[0]["lr"],
+               **self.acc.mean(), "beta": beta, "lr": lr,
                "grad_norm": gnorm.item(), "examples_per_sec": self.seen / max(now - self.t_log, 1e-9),
                "time": now - self.t0}
         rec["elbo"] = -(rec["recon"] + rec["kl"])
