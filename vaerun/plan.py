@@ -4,7 +4,8 @@ The same ``train.build`` as training builds the data, the model, the β schedule
 and its learning-rate scheduler, so every number is the run's own: its length, when it validates,
 checkpoints and draws sample grids, β, the learning rate and the capacity C at the steps where
 they turn, and the step-0 audit of the loss terms on the run's first training batch, with its
-warnings. Nothing is trained and nothing is written except the figure asked for.
+warnings. Nothing is trained and nothing is written except the figure asked for (and a dataset
+that training would download too).
 """
 from __future__ import annotations
 
