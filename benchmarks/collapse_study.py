@@ -7,7 +7,9 @@ For each preset: final validation ELBO, KL (total, and min/median/max per dim), 
 latent dims above 0.01 nats, active units, and the "decoder ignores z" shuffle test from the run's
 diagnosis; plus wall time. Writes OUT_DIR/collapse_study.json and .md, OUT_DIR/kl_curves.png
 (validation KL over training, one line per preset), and copies each run's last sample grid and
-latent map to OUT_DIR/<preset>_samples.png and OUT_DIR/<preset>_latents.png.
+latent map to OUT_DIR/<preset>_samples.png and OUT_DIR/<preset>_latents.png, the grids also side
+by side in OUT_DIR/samples.png. README's figures: docs/images/collapse_study_kl.png (kl_curves.png),
+collapse_study_samples.png (samples.png), collapse_ar_<preset>_latents.png.
 """
 from __future__ import annotations
 
@@ -40,6 +42,23 @@ def kl_figure(curves: dict):
     ax.set_title("posterior collapse: validation KL per preset")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return fig
+
+
+def samples_figure(out: Path):
+    """The presets' last prior-sample grids side by side, each titled by its preset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in PRESETS if (out / f"{n}_samples.png").exists()]
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.9), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ax.imshow(plt.imread(out / f"{name}_samples.png"), cmap="gray", interpolation="nearest")
+        ax.set_title(name, fontsize=10, loc="left")
+        ax.axis("off")
+    fig.tight_layout()
     return fig
 
 
@@ -86,6 +105,7 @@ def main() -> int:
         print(json.dumps(rows[-1]))
     (out / "collapse_study.json").write_text(json.dumps(rows, indent=2))
     kl_figure(curves).savefig(out / "kl_curves.png", dpi=110, bbox_inches="tight")
+    samples_figure(out).savefig(out / "samples.png", dpi=110, bbox_inches="tight")
     cols = ["preset", "elbo", "recon", "kl", "kl_dim_min", "kl_dim_median", "kl_dim_max", "dims_above_0.01",
             "active_units", "nll_iw", "shuffle_penalty", "wall_time_s"]
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)

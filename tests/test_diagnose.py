@@ -204,23 +204,23 @@ def test_early_kl_vanishing_is_a_problem_only_when_the_surviving_code_is_empty()
         return {"step": step, "split": "val", "kl_per_dim": kl, "kl": sum(kl)}
 
     healthy = [0.5] * 8
-    assert _early_vanishing([rec(100, healthy), rec(1000, healthy)], 0.01, 200)["status"] == "ok"
+    assert _early_vanishing([rec(100, healthy), rec(1000, healthy)], 0.01, 200, ())["status"] == "ok"
     # dead early (step 100 <= 200) and not recovered, but 3 dims still carry 24 nats: a warning
     half = [0.001] * 5 + [8.0] * 3
-    w = _early_vanishing([rec(100, half), rec(1000, half)], 0.01, 200)
+    w = _early_vanishing([rec(100, half), rec(1000, half)], 0.01, 200, ())
     assert w["status"] == "warning" and w["verdict"] == "KL vanished early (step 100: 5/8 dims)"
     assert "3 dims that stayed active carry 24.0 nats" in w["explanation"]
     assert w["evidence"] == {"step": 100, "collapsed_then": "5/8", "collapsed_at_end": "5/8", "kl_at_end": 24.005}
     # dead early and the code ends (near) empty: a problem
     empty = [0.001] * 7 + [0.2]
-    p = _early_vanishing([rec(100, half), rec(1000, empty)], 0.01, 200)
+    p = _early_vanishing([rec(100, half), rec(1000, empty)], 0.01, 200, ["free_bits=0.25"])
     assert p["status"] == "problem" and "stayed active" not in p["explanation"]
-    assert p["next_steps"][0] == "schedule=linear schedule.warmup_steps=1000"
+    assert p["next_steps"] == ["free_bits=0.25"]                    # the run's own remedies (collapse_remedies)
     # partly recovered: a warning that says so
-    r = _early_vanishing([rec(100, [0.001] * 6 + [0.3] * 2), rec(1000, half)], 0.01, 200)
+    r = _early_vanishing([rec(100, [0.001] * 6 + [0.3] * 2), rec(1000, half)], 0.01, 200, ())
     assert r["status"] == "warning" and r["verdict"].endswith(", partly recovered")
     # vanishing only after the early window is not this check's business
-    assert _early_vanishing([rec(100, healthy), rec(900, half)], 0.01, 200)["status"] == "ok"
+    assert _early_vanishing([rec(100, healthy), rec(900, half)], 0.01, 200, ())["status"] == "ok"
 
 
 def test_an_unfinished_warm_up_is_flagged_at_the_start_and_in_the_diagnosis(tmp_path):
@@ -525,7 +525,8 @@ def test_early_stop_ends_an_overfitting_run_at_its_patience(tmp_path):
     stop = summary["stopped_early"]
     vals = run.read_metrics("val")
     best = max(vals, key=lambda v: v["elbo"])
-    assert summary["status"] == "completed" and stop == {"step": vals[-1]["step"], "best_step": best["step"]}
+    assert summary["status"] == "completed" and stop == {"step": vals[-1]["step"], "best_step": best["step"],
+                                                         "reason": "early_stop"}
     assert stop["step"] == best["step"] + 2 * 50 < 600 and summary["steps"] == stop["step"]   # eval_every=50
     event = [r for r in run.read_metrics() if r.get("event") == "early_stop"]
     assert len(event) == 1 and event[0]["patience"] == 2 and event[0]["best_step"] == best["step"]
@@ -537,6 +538,35 @@ def test_early_stop_ends_an_overfitting_run_at_its_patience(tmp_path):
                              "max_steps=600", "model.hidden=[256]", "schedule.warmup_steps=50", "early_stop=2"])
     train(cfg, run, resolved, resume=True)
     assert run.read_summary()["steps"] == stop["step"] and len(run.read_metrics("val")) == len(vals)
+
+
+def test_collapse_stop_ends_a_collapsed_run_after_its_warm_up(tmp_path, caplog):
+    """β = 30 after a 100-step warm-up switches every dim off: with collapse_stop=2 the run ends at
+    the second validation in a row at β = 30 with every dim under the threshold (the validations
+    of the warm-up are not counted, whatever their KL), names remedies, says so in metrics.jsonl
+    and summary.json, and a resume does not train on."""
+    import logging
+
+    extra = ("beta=30", "schedule.warmup_steps=100", "collapse_stop=2", "free_bits=0")
+    with caplog.at_level(logging.WARNING, logger="vaerun"):
+        run, report = run_small(tmp_path, *extra)
+    vals, thr = run.read_metrics("val"), 0.01
+    collapsed = [v["step"] for v in vals if v["step"] >= 101 and max(v["kl_per_dim"]) < thr]
+    summary = run.read_summary()
+    stop = summary["stopped_early"]
+    assert stop["reason"] == "collapse_stop" and stop["step"] == vals[-1]["step"] < 400 and len(collapsed) >= 2
+    assert collapsed[-2:] == [stop["step"] - 50, stop["step"]] and summary["steps"] == stop["step"]   # eval_every=50
+    assert all(v["beta"] < 30 for v in vals if v["step"] <= 100)                 # the warm-up's: not counted
+    event = [r for r in run.read_metrics() if r.get("event") == "collapse_stop"]
+    assert len(event) == 1 and event[0]["patience"] == 2 and event[0]["kl"] < 4 * thr
+    assert any("collapse stop at step" in r.getMessage() and "free_bits=0.25" in r.getMessage() for r in caplog.records)
+    assert run.load_checkpoint("last")["loop"]["stop_reason"] == "collapse_stop"
+    assert checks(report)["posterior_collapse"]["status"] == "problem"
+    cfg, resolved = compose([*SMALL, *extra])
+    train(cfg, run, resolved, resume=True)
+    assert run.read_summary()["steps"] == stop["step"] and len(run.read_metrics("val")) == len(vals)
+    never = run_small(tmp_path / "off", *extra[:2])[0]                             # off: the run trains on
+    assert never.read_summary()["steps"] == 400 and never.read_summary()["stopped_early"] is None
 
 
 def test_eval_on_the_training_split_measures_the_gap(tiny_run):

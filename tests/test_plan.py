@@ -53,15 +53,17 @@ def test_the_plan_is_what_the_run_does(tmp_path):
     assert {14, 15, 27, 28} <= turns            # β falls back to 0 at the start of cycles 2 and 3 (40 / 3 steps)
     audit = next(r for r in records if r["split"] == "audit")
     assert plan["audit"] == audit
+    assert plan["collapse_stop_earliest"] is None                              # collapse_stop is off
 
 
 def test_plan_prints_the_table_and_the_audit_warnings():
-    out = subprocess.run([VAERUN, "plan", *TINY, "max_steps=20", "schedule=linear", "schedule.warmup_steps=100"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run([VAERUN, "plan", *TINY, "max_steps=20", "schedule=linear", "schedule.warmup_steps=100",
+                          "collapse_stop=2"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "length      20 steps of batch 32" in text and "validation  7 passes at steps 3, 6, 9" in text
     assert "the last step trains at β=0.19" in text
+    assert "collapse_stop=2 can never stop it: fewer validations at the target β" in text  # all in the warm-up
     assert "step-0 audit: recon" in text
     assert "warning: audit: β warm-up longer than the run" in text and "schedule.warmup_steps=4" in text
 

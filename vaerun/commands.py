@@ -333,7 +333,11 @@ def print_plan(p: dict, audit: list[str]) -> None:
         f"length      {n(p['steps'])} steps of batch {p['batch_size']} = {p['epochs']:g} epochs of "
         f"{n(p['steps_per_epoch'])} steps" + (f" (max_steps={p['max_steps']})" if p["max_steps"] is not None else ""),
         f"validation  {len(vals)} pass{'es' if len(vals) > 1 else ''} at step{'s' if len(vals) > 1 else ''} {shown(vals)}" +
-        (f"; early_stop={p['early_stop']} may end the run sooner" if p["early_stop"] else ""),
+        (f"; early_stop={p['early_stop']} may end the run sooner" if p["early_stop"] else "") +
+        ("" if not p["collapse_stop"] else f"; collapse_stop={p['collapse_stop']} can end it at step "
+         f"{n(p['collapse_stop_earliest'])} at the earliest" if p["collapse_stop_earliest"] else
+         f"; collapse_stop={p['collapse_stop']} can never stop it: fewer validations at the target β before the "
+         f"end (fix: a smaller eval_every)"),
         f"files       a checkpoint every {n(p['checkpoints_every'])} steps and at each validation (best kept); "
         f"sample grids at {shown(grids)}; a log line every {p['log_every']} steps",
         "β           " + ", ".join([sched["name"]] + [f"{k}={v:g}" for k, v in sched.items() if k != "name"]) +

@@ -279,6 +279,8 @@ class TrainConfig:
     nan_retries: int = 3               # rollback: retries (each halves the lr) before the run fails
     nan_max_skips: int = 20            # skip: consecutive skipped steps before the run fails
     early_stop: int = 0                # validations without a better validation ELBO before training stops; 0 = off
+    collapse_stop: int = 0             # validations in a row at the target β with every latent dim below
+                                       # diagnostics.collapse_threshold before training stops; 0 = off
 
 
 GROUPS = ("dataset", "model", "likelihood", "schedule", "optimizer")
@@ -324,6 +326,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.nan_retries >= 0, "nan_retries", cfg.nan_retries, "must be >= 0", "use e.g. nan_retries=3")
     _check(cfg.nan_max_skips > 0, "nan_max_skips", cfg.nan_max_skips, "must be positive", "use e.g. nan_max_skips=20")
     _check(cfg.early_stop >= 0, "early_stop", cfg.early_stop, "must be >= 0 (validations; 0 = off)", "use e.g. early_stop=3")
+    _check(cfg.collapse_stop >= 0, "collapse_stop", cfg.collapse_stop, "must be >= 0 (validations; 0 = off)",
+           "use e.g. collapse_stop=2")
     dg = cfg.diagnostics
     _check(dg.au_threshold > 0, "diagnostics.au_threshold", dg.au_threshold, "must be positive", "use e.g. 0.01")
     _check(dg.collapse_threshold > 0, "diagnostics.collapse_threshold", dg.collapse_threshold, "must be positive",

@@ -85,9 +85,10 @@ def _weaker_decoder(config: dict) -> list[str]:
 
 
 def collapse_remedies(config: dict, total: int) -> list[str]:
-    """What a run whose KL vanishes could try, fitted to its own settings: a (longer) KL warm-up,
-    free bits above its own floor, a weaker autoregressive decoder."""
-    return [*_warmup_remedy(config, total), f"free_bits={_free_bits_floor(config):g}", *_weaker_decoder(config)]
+    """What a run whose KL vanishes could try, fitted to its own settings: β = 1 when it trains at
+    more, a (longer) KL warm-up, free bits above its own floor, a weaker autoregressive decoder."""
+    return [*(["beta=1"] if (config.get("beta") or 1.0) > 1 else []), *_warmup_remedy(config, total),
+            f"free_bits={_free_bits_floor(config):g}", *_weaker_decoder(config)]
 
 
 def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: int, config: dict) -> dict:
@@ -107,7 +108,7 @@ def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: i
         return verdict("posterior_collapse", "problem", "full collapse: no latent dimension carries information", ev,
                        "q(z|x) equals the prior for every x, so z tells the decoder nothing"
                        + (" (and the decoder ignores z: shuffling it costs nothing)" if ignores else ""),
-                       steps + _weaker_decoder(config))
+                       collapse_remedies(config, total))
     if val["kl"] < NEAR_TOTAL_NATS:  # z can tell the decoder at most KL nats about x, on average
         fb = _free_bits_floor(config, max(0.25, round(2.0 / len(kl), 2)))
         return verdict("posterior_collapse", "problem",
@@ -143,7 +144,9 @@ def _lagging(val: dict, config: dict, total: int) -> dict:
                    "I(x; z) is not near zero while KL is positive")
 
 
-def _early_vanishing(vals: list[dict], thr: float, early: int) -> dict:
+def _early_vanishing(vals: list[dict], thr: float, early: int, remedies: Sequence[str]) -> dict:
+    """Most dims under the threshold at a validation in the first ``early`` steps. ``remedies``:
+    the run's own (collapse_remedies), as the warning during training named them."""
     first = [v for v in vals if v["step"] <= early]
     hit = next((v for v in first if sum(k < thr for k in v["kl_per_dim"]) * 2 >= len(v["kl_per_dim"])), None)
     if hit is None:
@@ -165,7 +168,7 @@ def _early_vanishing(vals: list[dict], thr: float, early: int) -> dict:
                 "KL warm-up or free bits may keep more dims active and improve the likelihood")
     return verdict("early_kl_vanishing", "problem" if empty and not recovered else "warning",
                    f"KL vanished early (step {hit['step']}: {low}/{d} dims)" + (", partly recovered" if recovered else ""),
-                   ev, why, [f"schedule=linear schedule.warmup_steps={max(1000, 4 * hit['step'])}", "free_bits=0.1"])
+                   ev, why, list(remedies))
 
 
 def _imbalance(val: dict, beta: float, thr: float, schedule: Optional[dict] = None) -> dict:
@@ -386,10 +389,13 @@ def _likelihood(audit: Optional[dict], cfg_lik: dict, cfg_data: dict) -> dict:
     return verdict("likelihood", "ok", "the likelihood suits the data", ev, why)
 
 
-def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None, overrides: Sequence[str] = ()) -> dict:
+def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None, overrides: Sequence[str] = (),
+             planned_steps: Optional[int] = None) -> dict:
     """Verdicts from a run's metrics records and resolved config (plus the z test, when given).
     ``overrides``: the run's command line (.hydra/overrides.yaml), kept in the report so that each
-    next step can be shown as a whole command (:func:`command`)."""
+    next step can be shown as a whole command (:func:`command`). ``planned_steps``: the run's
+    length (summary.json's total_steps), which a stopped or interrupted run did not reach: the
+    warm-ups advised are sized to it (default: the last validation's step)."""
     vals = [r for r in records if r.get("split") == "val"]
     train = [r for r in records if r.get("split") == "train"]
     events = [r for r in records if r.get("split") == "event" and r.get("event") == "non_finite"]
@@ -398,7 +404,7 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None, ove
         return {"overall": "unknown", "headline": "no validation record yet: nothing to diagnose", "verdicts": []}
     dg = config.get("diagnostics", {})
     thr = dg.get("collapse_threshold", 0.01)
-    total = max(r["step"] for r in vals)
+    total = planned_steps or max(r["step"] for r in vals)  # remedies are sized to the run as planned
     early = int(dg.get("early_fraction", 0.2) * total)
     opt = config.get("optimizer", {}) or {}
     beta, lr = config.get("beta", 1.0), opt.get("lr", 1e-3)
@@ -409,7 +415,8 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None, ove
     schedule = _schedule(train, audit, config)
     out = [_collapse(vals[-1], zdep, thr, beta, total, config),
            _lagging(vals[-1], config, total),
-           _early_vanishing(vals, thr, early), _imbalance(vals[-1], beta, thr, schedule), optimization, overfitting,
+           _early_vanishing(vals, thr, early, collapse_remedies(config, total)),
+           _imbalance(vals[-1], beta, thr, schedule), optimization, overfitting,
            schedule, _likelihood(audit, config.get("likelihood", {}), config.get("dataset", {}))]
     worst = max(out, key=lambda v: ORDER[v["status"]])
     headline = "healthy: no problem found" if worst["status"] == "ok" else worst["verdict"]
@@ -491,7 +498,8 @@ def to_markdown(report: dict, run_path: str) -> str:
 def diagnose_folder(folder, config: dict, zdep: Optional[dict]) -> dict:
     """Diagnoses the run in ``folder`` (runs.RunFolder) from its metrics and command line, and
     writes diagnosis.json and diagnosis.md there: the end of training and `vaerun diagnose`."""
-    report = diagnose(folder.read_metrics(), config, zdep, folder.read_overrides())
+    report = diagnose(folder.read_metrics(), config, zdep, folder.read_overrides(),
+                      folder.read_summary().get("total_steps"))
     folder.write_report("diagnosis.json", report)
     folder.write_report("diagnosis.md", to_markdown(report, str(folder.path)))
     return report

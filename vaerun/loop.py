@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from vaerun.checks import CollapseWatch, audit, term_grad_norms
+from vaerun.checks import CollapseWatch, audit, term_grad_norms, unfinished_schedule
 from vaerun.config import TrainConfig
 from vaerun.data import Data
 from vaerun.errors import Interrupted, NonFiniteError
@@ -41,7 +41,9 @@ class LoopState:
     aggressive_mi: float = -math.inf  # validation MI at the previous epoch's end (aggressive training)
     inner_steps: int = 0           # encoder-only updates taken by aggressive training
     since_best: int = 0            # validations since the best one (early_stop)
-    stopped_early: bool = False    # early_stop ended the run
+    stopped_early: bool = False    # early_stop (or collapse_stop) ended the run
+    collapsed_for: int = 0         # validations in a row at the target β with every dim collapsed (collapse_stop)
+    stop_reason: Optional[str] = None  # what ended the run before its length: "early_stop" or "collapse_stop"
 
 
 @dataclass
@@ -216,8 +218,9 @@ class Trainer:
         log.info("resumed at step %d of %d (dropped %d metrics records logged after that checkpoint)",
                  self.state.step, self.parts.total_steps, dropped)
         if self.state.stopped_early:
-            log.info("the run stopped early at step %d (early_stop=%d): nothing more to train", self.state.step,
-                     self.cfg.early_stop)
+            reason = self.state.stop_reason or "early_stop"  # checkpoints from before collapse_stop: early_stop
+            log.info("the run stopped early at step %d (%s=%d): nothing more to train", self.state.step, reason,
+                     getattr(self.cfg, reason))
 
     def save(self, best: bool = False) -> None:
         state = checkpoint_state(self.parts, self.state, self.rngs, self.acc, self.config)
@@ -251,11 +254,12 @@ class Trainer:
         s = self.state
         return {"final_val": s.final_val, "best_val": s.best_val, "steps": s.step, "skipped_steps": s.skipped,
                 "rollbacks": s.rollbacks, "lr_scale": s.lr_scale,
-                "stopped_early": {"step": s.step, "best_step": s.best_val["step"]} if s.stopped_early else None,
+                "stopped_early": {"step": s.step, "best_step": s.best_val["step"], "reason": s.stop_reason or "early_stop"}
+                if s.stopped_early else None,
                 "examples_per_sec": self.seen_total / self.train_time if self.train_time > 0 else None}
 
     def _more_to_train(self) -> bool:
-        """Steps left to take, and early_stop has not ended the run."""
+        """Steps left to take, and early_stop or collapse_stop has not ended the run."""
         return self.state.step < self.parts.total_steps and not self.state.stopped_early
 
     def _step(self, xb: torch.Tensor) -> bool:
@@ -379,22 +383,44 @@ class Trainer:
             s.best_elbo, s.best_val = v["elbo"], dict(v)
         s.since_best = 0 if is_best else s.since_best + 1
         s.final_val = v
-        if self.cfg.early_stop and s.since_best >= self.cfg.early_stop and s.step < p.total_steps:
-            self._stop_early()
-        self.save(best=is_best)  # after _stop_early: last.pt remembers it
+        if not unfinished_schedule(beta, self.cfg.beta, self.cfg.schedule.beta_start):  # trained at its β: count
+            collapsed = all(k < dg.collapse_threshold for k in v["kl_per_dim"])
+            s.collapsed_for = s.collapsed_for + 1 if collapsed else 0
+        if s.step < p.total_steps:
+            if self.cfg.collapse_stop and s.collapsed_for >= self.cfg.collapse_stop:
+                self._stop_collapsed(v)
+            elif self.cfg.early_stop and s.since_best >= self.cfg.early_stop:
+                self._stop_early()
+        self.save(best=is_best)  # after a stop: last.pt remembers it
         self.t_log += time.time() - t  # evaluation time is not training time
 
     def _stop_early(self) -> None:
         """early_stop validations in a row without a better ELBO: the run ends here (the checkpoint
         written next says so, so a resume does not train on)."""
         s = self.state
-        s.stopped_early = True
+        s.stopped_early, s.stop_reason = True, "early_stop"
         self.run.append_metrics({"step": s.step, "split": "event", "event": "early_stop", "patience": self.cfg.early_stop,
                                  "best_step": s.best_val["step"], "best_elbo": s.best_elbo,
                                  "final_elbo": s.final_val["elbo"]})
         log.info("early stop at step %d of %d: no better validation ELBO in %d validations (best %.3f at step %d, "
                  "kept in checkpoints/best.pt)", s.step, self.parts.total_steps, self.cfg.early_stop, s.best_elbo,
                  s.best_val["step"])
+
+    def _stop_collapsed(self, v: dict) -> None:
+        """collapse_stop validations in a row at the target β with every latent dim under the
+        collapse threshold: the rest of the run would train a decoder that ignores z (a sweep's
+        collapsed jobs give their cores back). The checkpoint written next says so."""
+        s, dg = self.state, self.cfg.diagnostics
+        s.stopped_early, s.stop_reason = True, "collapse_stop"
+        self.run.append_metrics({"step": s.step, "split": "event", "event": "collapse_stop",
+                                 "patience": self.cfg.collapse_stop, "kl": v["kl"], "beta": self.cfg.beta,
+                                 "threshold": dg.collapse_threshold})
+        remedies = self.watch.remedies
+        log.warning("collapse stop at step %d of %d: every latent dim below %g nats of KL (%.4g in all) at %d "
+                    "validations in a row at β=%g: full posterior collapse, so the rest of the run would train a "
+                    "decoder that ignores z.%s", s.step, self.parts.total_steps, dg.collapse_threshold, v["kl"],
+                    s.collapsed_for, self.cfg.beta,
+                    f" Next time try {' or '.join(remedies)}." if remedies else "")
 
     def _grids(self) -> None:
         t = time.time()

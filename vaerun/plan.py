@@ -78,6 +78,10 @@ def plan(cfg, parts) -> dict:
             r["capacity"] = parts.capacity(i)
         return r
 
+    from vaerun.checks import unfinished_schedule
+
+    at_target = [v for v in validations if v < total  # the last one ends the run anyway
+                 and not unfinished_schedule(parts.schedule(v - 1), cfg.beta, cfg.schedule.beta_start)]
     data = parts.data
     return {
         "data": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
@@ -88,6 +92,9 @@ def plan(cfg, parts) -> dict:
         "batch_size": cfg.batch_size, "max_steps": cfg.max_steps,
         "validations": validations, "sample_grids": every(cfg.sample_every),
         "checkpoints_every": cfg.checkpoint_every, "log_every": cfg.log_every, "early_stop": cfg.early_stop,
+        "collapse_stop": cfg.collapse_stop,
+        # the first step at which collapse_stop could end the run (None: too few validations at the target β)
+        "collapse_stop_earliest": at_target[cfg.collapse_stop - 1] if 0 < cfg.collapse_stop <= len(at_target) else None,
         "schedule": {"name": cfg.schedule.name.value, **_fields(parts.schedule)},
         "free_bits": cfg.free_bits,
         "optimizer": {"name": cfg.optimizer.name.value, "lr": base, "lr_scheduler": cfg.optimizer.lr_scheduler.value,
