@@ -144,6 +144,26 @@ def test_seeds_aggregate_as_mean_and_std():
     assert len(report.rows(runs, aggregate_seeds=False)) == 4
 
 
+def test_a_run_stopped_before_its_length_says_so_and_its_beta_curve_ends_there():
+    """A collapse_stop job of a sweep showed as 'completed' like the jobs that trained all their
+    steps: its status cell names what stopped it and where, the JSON has it as `stopped`, and its
+    β curve ends at the stop rather than drawing the whole planned schedule."""
+    def run(beta, stopped=None):
+        final = {"elbo": -90.0, "recon": 89.0, "kl": 1.0, "active_units": 3, "mi": 0.5, "kl_per_dim": [1.0]}
+        config = {"beta": beta, "schedule.name": "constant", "schedule.beta_start": 0.0, "schedule.warmup_steps": 1,
+                  "schedule.delay_steps": 0, "schedule.cycles": 1, "schedule.ratio": 0.5}
+        return {"path": f"/r/{beta}", "config": config, "summary": {"wall_time_s": 2.0, "total_steps": 1692},
+                "records": [{"split": "train", "step": s, "beta": beta} for s in (100, 200)],
+                "final": final, "status": "completed", "stopped": stopped, "samples": []}
+
+    runs = [run(1.0), run(100.0, {"step": 200, "best_step": 200, "reason": "collapse_stop"})]
+    rows = report.rows(runs)
+    assert [r["stopped"] for r in rows] == [None, "collapse_stop at 200"]
+    cols, cells = report.table_cells(rows, ["beta"])
+    assert [c[cols.index("status")] for c in cells] == ["completed", "completed (collapse_stop at 200)"]
+    assert report.beta_curve(runs[0])[0][-1] == 1692 and report.beta_curve(runs[1])[0][-1] == 200
+
+
 def test_joblib_sweep_runs_in_parallel_with_readable_output(tmp_path):
     out = vaerun("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "beta=1,2",
                  f"out_dir={tmp_path}")

@@ -56,7 +56,8 @@ def load(paths: list[str]) -> list[dict]:
         if test and final:  # the honest number of the run, beside the validation ones
             final = {**final, "test_nll_iw": test["nll_iw"], "test_K": test["iw_samples"]}
         runs.append({"path": str(folder.path), "config": config, "summary": summary, "records": records,
-                     "final": final, "status": status, "samples": [str(p) for p in folder.grids("samples")[-1:]],
+                     "final": final, "status": status, "stopped": summary.get("stopped_early"),
+                     "samples": [str(p) for p in folder.grids("samples")[-1:]],
                      "pictures": {k: str(p) for k, p in folder.pictures().items()}})
     return runs
 
@@ -132,6 +133,8 @@ def rows(runs: list[dict], aggregate_seeds: bool = True, columns: tuple[str, ...
             row.setdefault(k, vals[0] if len(vals) == 1 else "/".join(vals))
         statuses = sorted({m["status"] for m in members})
         row["status"] = statuses[0] if len(statuses) == 1 else "/".join(statuses)
+        stops = [f"{s.get('reason', 'early_stop')} at {s['step']}" for s in (m.get("stopped") for m in members) if s]
+        row["stopped"] = "; ".join(dict.fromkeys(stops)) or None  # ended before its length, by what and where
         for m in (*METRICS, *OPTIONAL_METRICS):
             vals = [float(x["final"][m]) for x in members if x["final"] and isinstance(x["final"].get(m), (int, float))]
             row[m] = statistics.fmean(vals) if vals else None
@@ -271,7 +274,8 @@ def table_cells(table: list[dict], keys: list[str]) -> tuple[list[str], list[lis
     row_keys = [k for k in keys if table and k in table[0]]
     metrics = [*METRICS, *[m for m in OPTIONAL_METRICS if any(r.get(m) is not None for r in table)]]
     cols = [*(row_keys or ["run"]), "runs", "status", *metrics, "wall_time_s", "diagnosis"]
-    cells = [[*([str(r.get(k)) for k in row_keys] or [r["label"]]), str(r["runs"]), r["status"],
+    cells = [[*([str(r.get(k)) for k in row_keys] or [r["label"]]), str(r["runs"]),
+              r["status"] + (f" ({r['stopped']})" if r.get("stopped") else ""),
               *[fmt(r, m) for m in metrics], fmt(r, "wall_time_s"), fmt(r, "diagnosis")] for r in table]
     return cols, cells
 
@@ -329,12 +333,13 @@ def beta_curve(run: dict) -> tuple[list[int], list[float]]:
     """β at every step of the run (step s trains at schedule(s − 1)), from its config and its
     length, so a short or cyclical schedule is drawn whole rather than at the logged steps; the
     logged β of the train records when the config does not say (a folder without config.yaml). An
-    unfinished run's curve ends at its last record; the schedule still spans the planned run."""
+    unfinished run's curve, or one that early_stop or collapse_stop ended, ends at its last record;
+    the schedule still spans the planned run."""
     from vaerun.schedules import build_schedule
 
     c, total = run["config"], run["summary"].get("total_steps")
     end = total
-    if run["status"] != "completed":  # an unfinished run: only as far as it got
+    if run["status"] != "completed" or run.get("stopped"):  # only as far as it got
         end = max((x["step"] for x in run["records"] if isinstance(x.get("step"), int)), default=total)
     try:  # the run's own resolved values, every one: no second copy of the config's defaults here
         sched = build_schedule(c["schedule.name"], beta=c["beta"], beta_start=c["schedule.beta_start"],
