@@ -147,6 +147,39 @@ def test_picture_commands_write_pngs(trained, tmp_path, capsys):
     assert png_size(out)[0] > 0 and f"wrote {out}" in capsys.readouterr().out
     assert commands.traverse_main([str(path), "--checkpoint", "last", "--steps", "2"]) == 0
     assert (path / "pictures" / "traverse_last.png").exists()
+    for z in ("gaussian", "gmm"):  # z from a density fitted to the training codes: its own file, judged in nats
+        assert commands.sample_main([str(path), "--n", "4", "--z", z, "--components", "3"]) == 0
+        assert png_size(path / "pictures" / f"sample_{z}.png")[0] > 0
+        assert "mean log density is" in capsys.readouterr().out
+
+
+def test_fitted_densities_match_what_they_were_fitted_to():
+    """The moment-matched Gaussian has the aggregate posterior's mean and covariance (Cov(μ) +
+    E[σ²]); EM recovers a well-separated two-component mixture; the prior's log density is
+    N(0, I)'s; samples follow the fitted density, their spread scaled by the temperature."""
+    from vaerun.priors import fit, fit_gmm, moment_matched, standard_normal
+
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(4000, 2, generator=g) @ torch.tensor([[1.0, 0.8], [0.0, 0.6]]) + torch.tensor([2.0, -1.0])
+    logvar = torch.full_like(mu, math.log(0.25))
+    m = moment_matched(mu, logvar)
+    cov = m.scale_tril[0] @ m.scale_tril[0].T
+    assert torch.allclose(m.means[0], mu.double().mean(0))
+    assert torch.allclose(cov, torch.cov(mu.double().T, correction=0) + 0.25 * torch.eye(2), atol=1e-5)
+    z = m.sample(200_000, generator=g).double()
+    assert torch.allclose(z.mean(0), m.means[0], atol=0.02) and torch.allclose(torch.cov(z.T), cov, atol=0.03)
+    assert torch.allclose(torch.cov((m.sample(200_000, 0.5, g).double()).T), 0.25 * cov, atol=0.01)
+    prior = standard_normal(2)
+    x = torch.randn(5, 2, generator=g)
+    assert torch.allclose(prior.log_prob(x), torch.distributions.Normal(0.0, 1.0).log_prob(x.double()).sum(1))
+    both = torch.cat([torch.randn(3000, 2, generator=g) * 0.3 + 4, torch.randn(1000, 2, generator=g) * 0.5 - 4])
+    gmm = fit_gmm(both, 2, seed=1)
+    order = gmm.means[:, 0].argsort()
+    assert torch.allclose(gmm.weights[order], torch.tensor([0.25, 0.75], dtype=torch.float64), atol=0.01)
+    assert torch.allclose(gmm.means[order], torch.tensor([[-4.0, -4.0], [4.0, 4.0]], dtype=torch.float64), atol=0.05)
+    assert float(gmm.log_prob(both).mean()) > float(moment_matched(both, torch.full_like(both, -20)).log_prob(both).mean()) + 1
+    assert torch.equal(fit_gmm(both, 2, seed=1).means, gmm.means)                       # deterministic for a seed
+    assert fit("gmm", both, torch.full_like(both, -4.0), components=2).weights.shape == (2,)
 
 
 def test_picture_command_errors_name_the_fix(trained, capsys):

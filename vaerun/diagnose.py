@@ -188,7 +188,8 @@ def _imbalance(val: dict, beta: float, thr: float, schedule: Optional[dict] = No
                        if not short else schedule["next_steps"])
     if agg > max(2.0, 0.5 * len(val["kl_per_dim"]), 0.25 * kl):  # ~0.3 nats/dim is usual at β = 1
         why = (f"q(z) averaged over data is {agg:.2f} nats from N(0, I): prior samples land where the "
-               "decoder saw no data, so samples look worse than reconstructions")
+               "decoder saw no data, so samples look worse than reconstructions (without retraining, "
+               "`vaerun sample RUN --z gmm` draws z from a mixture fitted to where the data is)")
         if short and trained < beta:
             return verdict("imbalance", "warning", f"reconstruction dominates: the run ended its warm-up at "
                            f"β={trained:.3g}, short of beta={beta:g}", ev, why + "; the run never trained at "

@@ -66,16 +66,22 @@ def informative_dims(kl_per_dim: torch.Tensor, threshold: float) -> tuple[list[i
 # ---------------------------------------------------------------- grids
 @torch.no_grad()
 def sample_grid(model: VAE, n: int = 64, temperature: float = 1.0,
-                generator: Optional[torch.Generator] = None) -> Grid:
-    """n prior samples z ~ N(0, T²·I), decoded; ceil(sqrt(n)) per row (the last row padded grey)."""
+                generator: Optional[torch.Generator] = None, density=None) -> Grid:
+    """n samples decoded from z ~ N(0, T²·I), or from ``density`` (a priors.Mixture fitted to
+    the aggregate posterior, its spread scaled by T); ceil(sqrt(n)) per row (the last row padded
+    grey)."""
     device = next(model.parameters()).device
     model.eval()
-    z = temperature * torch.randn(n, model.latent_dim, generator=generator, device=device)  # (n, D)
+    if density is None:
+        z = temperature * torch.randn(n, model.latent_dim, generator=generator, device=device)  # (n, D)
+    else:
+        z = density.sample(n, temperature, generator).to(device)
     images = model.generate(z, generator=generator).cpu()          # (n, C, H, W)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     pad = torch.full((rows * cols - n, *images.shape[1:]), 0.5)
-    return Grid(torch.cat([images, pad]).unflatten(0, (rows, cols)), title=f"{n} prior samples, T = {temperature:g}",
+    source = "prior samples" if density is None or density.kind == "prior" else f"samples, z from {density.describe()}"
+    return Grid(torch.cat([images, pad]).unflatten(0, (rows, cols)), title=f"{n} {source}, T = {temperature:g}",
                 meta={"n": n, "temperature": temperature})
 
 

@@ -101,7 +101,7 @@ class RunFolder:
     def checkpoint_file(self, name: str = "last") -> Path:
         return self.checkpoint_dir / f"{name}.pt"
 
-    PICTURES = ("sample", "traverse", "interpolate", "latents")
+    PICTURES = ("sample", "sample_gaussian", "sample_gmm", "traverse", "interpolate", "latents")
 
     def picture_file(self, kind: str, checkpoint: str = "best") -> Path:
         """pictures/<kind>.png (from the best checkpoint) or pictures/<kind>_last.png."""
