@@ -151,6 +151,10 @@ def test_picture_commands_write_pngs(trained, tmp_path, capsys):
         assert commands.sample_main([str(path), "--n", "4", "--z", z, "--components", "3"]) == 0
         assert png_size(path / "pictures" / f"sample_{z}.png")[0] > 0
         assert "mean log density is" in capsys.readouterr().out
+    run = load_run(path)
+    assert run.sample(3, seed=0, z="gmm", components=2).shape == (3, *run.data().shape)
+    density, fit = run.latent_density("gaussian")
+    assert fit["gain"] == pytest.approx(fit["fitted_ll"] - fit["prior_ll"]) and fit["n_val"] == len(run.data().val)
 
 
 def test_fitted_densities_match_what_they_were_fitted_to():

@@ -139,10 +139,25 @@ class Run:
         return self.model(checkpoint).generate(z.to(self.device), generator=gen)
 
     @torch.no_grad()
-    def sample(self, n: int = 64, checkpoint: str = "best", seed: Optional[int] = None) -> torch.Tensor:
-        """n prior samples (n, C, H, W) in the likelihood's mean space."""
+    def sample(self, n: int = 64, checkpoint: str = "best", seed: Optional[int] = None, z: str = "prior",
+               components: int = 10) -> torch.Tensor:
+        """n samples (n, C, H, W) in the likelihood's mean space, z from the prior or, with
+        ``z="gaussian"|"gmm"``, from a density fitted to the training images' codes (as
+        `vaerun sample --z`; :meth:`latent_density` gives the density and its fit in nats)."""
         gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        return self.model(checkpoint).sample(n, generator=gen)
+        if z == "prior":
+            return self.model(checkpoint).sample(n, generator=gen)
+        density, _ = self.latent_density(z, checkpoint, components, seed=seed or 0)
+        return self.model(checkpoint).generate(density.sample(n, generator=gen).to(self.device), generator=gen)
+
+    def latent_density(self, kind: str = "gmm", checkpoint: str = "best", components: int = 10,
+                       examples: int = 10000, seed: int = 0):
+        """(priors.Mixture, fit): the density ``kind`` (prior, gaussian, gmm) fitted to the codes of
+        the first ``examples`` training images, with ``fit`` the mean log density of held-out
+        validation codes under it and under the prior (nats) and the gain; see vaerun/priors.py."""
+        from vaerun.priors import fit_to_codes
+
+        return fit_to_codes(self.model(checkpoint), self.data(), kind, components, examples, seed, self.cfg.seed)
 
 
 def load_run(path: str | os.PathLike, device: str = "cpu") -> Run:

@@ -517,22 +517,13 @@ def _fitted_density(run, model, a):
     image under each (nats; the difference is how far the prior misses the aggregate posterior)."""
     import time
 
-    import torch
+    from vaerun.priors import fit_to_codes
 
-    from vaerun.pictures import posterior
-    from vaerun.priors import fit, standard_normal
-
-    t, data, seed = time.time(), run.data(), run.cfg.seed
-    train = posterior(model, data, "train", max_examples=a.fit_examples, seed=seed)
-    density = fit(a.z, train["mu"], train["logvar"], a.components, seed=a.seed)
-    val = posterior(model, data, "val", max_examples=a.fit_examples, seed=seed)
-    gen = torch.Generator(device=val["mu"].device).manual_seed(a.seed + 15485863)
-    z = val["mu"] + (0.5 * val["logvar"]).exp() * torch.randn(val["mu"].shape, generator=gen, device=gen.device)
-    prior_ll = float(standard_normal(z.shape[1], z.device).log_prob(z).mean())
-    fitted_ll = float(density.log_prob(z).mean())
-    print(f"z from {density.describe()}, fitted to {train['mu'].shape[0]:,} training images in {time.time() - t:.1f}s; "
-          f"on {z.shape[0]:,} validation codes z ~ q(z|x) its mean log density is {fitted_ll:.2f} nats, the prior's "
-          f"{prior_ll:.2f}: {fitted_ll - prior_ll:+.2f} nats per code")
+    t = time.time()
+    density, fit = fit_to_codes(model, run.data(), a.z, a.components, a.fit_examples, a.seed, run.cfg.seed)
+    print(f"z from {density.describe()}, fitted to {fit['n_fit']:,} training images in {time.time() - t:.1f}s; "
+          f"on {fit['n_val']:,} validation codes z ~ q(z|x) its mean log density is {fit['fitted_ll']:.2f} nats, "
+          f"the prior's {fit['prior_ll']:.2f}: {fit['gain']:+.2f} nats per code")
     return density
 
 

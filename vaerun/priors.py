@@ -108,6 +108,26 @@ def fit_gmm(z: torch.Tensor, components: int = 10, iters: int = 200, seed: int =
     return Mixture(weights, means, torch.linalg.cholesky(covs), "gmm")
 
 
+@torch.no_grad()
+def fit_to_codes(model, data, kind: str, components: int = 10, examples: int = 10000, seed: int = 0,
+                 data_seed: int = 0) -> tuple[Mixture, dict]:
+    """The density ``kind`` fitted to the posteriors of the first ``examples`` training images,
+    and how it explains held-out codes: ``{"fitted_ll", "prior_ll", "gain", "n_fit", "n_val"}``,
+    the mean log density (nats) of one draw z ~ q(z|x) per validation image (as many) under it and
+    under the prior, and their difference (how far the prior misses the aggregate posterior).
+    ``data_seed``: the run's seed, for dynamic binarization as in its evaluation."""
+    from vaerun.pictures import posterior
+
+    train = posterior(model, data, "train", max_examples=examples, seed=data_seed)
+    density = fit(kind, train["mu"], train["logvar"], components, seed=seed)
+    val = posterior(model, data, "val", max_examples=examples, seed=data_seed)
+    gen = torch.Generator(device=val["mu"].device).manual_seed(seed + 15485863)
+    z = val["mu"] + (0.5 * val["logvar"]).exp() * torch.randn(val["mu"].shape, generator=gen, device=gen.device)
+    fitted, prior = float(density.log_prob(z).mean()), float(standard_normal(z.shape[1], z.device).log_prob(z).mean())
+    return density, {"fitted_ll": fitted, "prior_ll": prior, "gain": fitted - prior, "n_fit": train["mu"].shape[0],
+                     "n_val": z.shape[0]}
+
+
 def fit(kind: str, mu: torch.Tensor, logvar: torch.Tensor, components: int = 10, seed: int = 0) -> Mixture:
     """The density ``kind`` (one of KINDS) from posteriors (μ, logvar): (N, D) each."""
     if kind == "prior":
