@@ -332,12 +332,8 @@ def print_plan(p: dict, audit: list[str]) -> None:
         f"{m['likelihood']} likelihood",
         f"length      {n(p['steps'])} steps of batch {p['batch_size']} = {p['epochs']:g} epochs of "
         f"{n(p['steps_per_epoch'])} steps" + (f" (max_steps={p['max_steps']})" if p["max_steps"] is not None else ""),
-        f"validation  {len(vals)} pass{'es' if len(vals) > 1 else ''} at step{'s' if len(vals) > 1 else ''} {shown(vals)}" +
-        (f"; early_stop={p['early_stop']} may end the run sooner" if p["early_stop"] else "") +
-        ("" if not p["collapse_stop"] else f"; collapse_stop={p['collapse_stop']} can end it at step "
-         f"{n(p['collapse_stop_earliest'])} at the earliest" if p["collapse_stop_earliest"] else
-         f"; collapse_stop={p['collapse_stop']} can never stop it: fewer validations at the target β before the "
-         f"end (fix: a smaller eval_every)"),
+        f"validation  {len(vals)} pass{'es' if len(vals) > 1 else ''} at step{'s' if len(vals) > 1 else ''} "
+        f"{shown(vals)}{_plan_stops(p)}",
         f"files       a checkpoint every {n(p['checkpoints_every'])} steps and at each validation (best kept); "
         f"sample grids at {shown(grids)}; a log line every {p['log_every']} steps",
         "β           " + ", ".join([sched["name"]] + [f"{k}={v:g}" for k, v in sched.items() if k != "name"]) +
@@ -358,18 +354,31 @@ def print_plan(p: dict, audit: list[str]) -> None:
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
     cols = ["step", "epoch", "β", "lr"] + (["C [nats]"] if p["capacity"] else [])
+    turns = len(p["turning_points"])
     console.print(f"β, the learning rate{' and C' if p['capacity'] else ''} at the first and last step, where they "
-                  f"turn ({len(p['turning_points']) or 'no'} step{'s' if len(p['turning_points']) != 1 else ''}{'; evenly chosen among them' if len(p['rows']) < len(p['turning_points']) else ''}) and at "
-                  "the validation passes (↓ marks those):", highlight=False, soft_wrap=True)
+                  f"turn ({turns or 'no'} step{'s' if turns != 1 else ''}"
+                  f"{'; evenly chosen among them' if len(p['rows']) < turns else ''}) and at the validation passes "
+                  "(↓ marks those):", highlight=False, soft_wrap=True)
     table = Table()
     for c in cols:
         table.add_column(c, justify="right")
     for r in p["rows"]:
-        table.add_row(n(r["step"]) + (" ↓" if r["step"] in vals else "  "), f"{r['epoch']:.2f}", f"{r['beta']:.4g}", f"{r['lr']:.3g}",
-                      *([f"{r['capacity']:.3g}"] if p["capacity"] else []))
+        table.add_row(n(r["step"]) + (" ↓" if r["step"] in vals else "  "), f"{r['epoch']:.2f}", f"{r['beta']:.4g}",
+                      f"{r['lr']:.3g}", *([f"{r['capacity']:.3g}"] if p["capacity"] else []))
     console.print(table)
     for line in audit:
         console.print(line, highlight=False, soft_wrap=True)
+
+
+def _plan_stops(p: dict) -> str:
+    """What may end the planned run before its length: early_stop, and where collapse_stop can."""
+    out = f"; early_stop={p['early_stop']} may end the run sooner" if p["early_stop"] else ""
+    if p["collapse_stop"] and p["collapse_stop_earliest"]:
+        out += f"; collapse_stop={p['collapse_stop']} can end it at step {p['collapse_stop_earliest']:,} at the earliest"
+    elif p["collapse_stop"]:
+        out += (f"; collapse_stop={p['collapse_stop']} can never stop it: fewer validations at the target β before "
+                "the end (fix: a smaller eval_every)")
+    return out
 
 
 def guarded(main, argv: list[str]) -> int:

@@ -254,8 +254,8 @@ class Trainer:
         s = self.state
         return {"final_val": s.final_val, "best_val": s.best_val, "steps": s.step, "skipped_steps": s.skipped,
                 "rollbacks": s.rollbacks, "lr_scale": s.lr_scale,
-                "stopped_early": {"step": s.step, "best_step": s.best_val["step"], "reason": s.stop_reason or "early_stop"}
-                if s.stopped_early else None,
+                "stopped_early": None if not s.stopped_early else
+                {"step": s.step, "best_step": s.best_val["step"], "reason": s.stop_reason or "early_stop"},
                 "examples_per_sec": self.seen_total / self.train_time if self.train_time > 0 else None}
 
     def _more_to_train(self) -> bool:
