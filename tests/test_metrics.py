@@ -9,7 +9,7 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from vaerun.likelihoods import build_likelihood
-from vaerun.metrics import (active_units, aggregate_posterior_gap, bits_per_dim, iw_log_likelihood,
+from vaerun.metrics import (active_units, aggregate_posterior_gap, aggregate_posterior_gap_full, bits_per_dim, iw_log_likelihood,
                             mutual_information)
 from vaerun.models import build_vae
 from vaerun.objectives import elbo_terms, gaussian_kl
@@ -96,6 +96,23 @@ def test_bits_per_dim_and_the_aggregate_gap():
     assert bits_per_dim(0.0, 10, continuous=True) == pytest.approx(8.0)   # log2(256)
     assert aggregate_posterior_gap(torch.randn(20000, 2) * 0.6, torch.full((20000, 2), math.log(0.64))) < 0.01
     assert aggregate_posterior_gap(torch.randn(5000, 2) * 3, torch.zeros(5000, 2)) > 1.0
+
+
+def test_the_full_covariance_gap_sees_correlations_the_diagonal_one_cannot():
+    """Codes along a diagonal band: each dim alone matches N(0, 1), so the diagonal gap is ~0, but
+    together they cover a line: KL(N(0, Σ) || N(0, I)) = −½ log det Σ with Σ = [[1, ρ], [ρ, 1]]."""
+    g = torch.Generator().manual_seed(0)
+    rho, n = 0.95, 200_000
+    a, b = torch.randn(n, generator=g), torch.randn(n, generator=g)
+    mu = torch.stack([a, rho * a + math.sqrt(1 - rho ** 2) * b], 1) * math.sqrt(0.9)   # Cov(μ) = 0.9 Σ
+    logvar = torch.full((n, 2), math.log(0.1))                                         # + 0.1 I from E[σ²]
+    cov = 0.9 * torch.tensor([[1.0, rho], [rho, 1.0]]) + 0.1 * torch.eye(2)
+    assert aggregate_posterior_gap(mu, logvar) < 0.01
+    assert aggregate_posterior_gap_full(mu, logvar) == pytest.approx(-0.5 * math.log(torch.det(cov)), abs=0.01)
+    independent = torch.randn(n, 3, generator=g) * 2
+    lv = torch.zeros(n, 3)
+    assert aggregate_posterior_gap_full(independent, lv) == pytest.approx(aggregate_posterior_gap(independent, lv),
+                                                                          abs=0.01)
 
 
 def test_mig_separates_disentangled_from_entangled_codes():

@@ -96,6 +96,23 @@ def aggregate_posterior_gap(mu: torch.Tensor, logvar: torch.Tensor) -> float:
     return float(0.5 * (s2 + m.square() - 1 - s2.log()).sum())
 
 
+def aggregate_moments(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (D,), covariance (D, D)) of the aggregate posterior q(z) = E_x q(z|x), float64:
+    E[μ] and Cov(μ) + diag(E[σ²]) over the examples (μ, logvar: (N, D))."""
+    mu, var = mu.double(), logvar.double().exp()
+    d = mu.shape[1]
+    return mu.mean(0), torch.cov(mu.T, correction=0).reshape(d, d) + torch.diag(var.mean(0))
+
+
+def aggregate_posterior_gap_full(mu: torch.Tensor, logvar: torch.Tensor) -> float:
+    """KL(N(m, Σ) || N(0, I)) for the aggregate posterior moment-matched with its full covariance
+    (:func:`aggregate_moments`): also counts the correlations between dims, which the diagonal
+    ``aggregate_kl`` cannot see: codes spread along a diagonal band leave the prior's mass off it
+    empty. Never below the diagonal one (Hadamard's inequality)."""
+    m, cov = aggregate_moments(mu, logvar)
+    return float(0.5 * (torch.trace(cov) + m @ m - m.shape[0] - torch.logdet(cov)))
+
+
 def _mutual_info_discrete(a: torch.Tensor, b: torch.Tensor, na: int, nb: int) -> float:
     """I(A; B) in nats from paired integer codes a in [0, na), b in [0, nb)."""
     joint = torch.bincount(a * nb + b, minlength=na * nb).double().view(na, nb)

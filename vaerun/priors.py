@@ -64,10 +64,11 @@ def standard_normal(dim: int, device="cpu") -> Mixture:
 def moment_matched(mu: torch.Tensor, logvar: torch.Tensor, jitter: float = 1e-6) -> Mixture:
     """One full-covariance Gaussian with the aggregate posterior's mean and covariance:
     E[μ] and Cov(μ) + E[diag σ²] over the examples (μ, logvar: (N, D))."""
-    mu, var = mu.double(), logvar.double().exp()
-    cov = torch.cov(mu.T, correction=0).reshape(mu.shape[1], mu.shape[1]) + torch.diag(var.mean(0))
+    from vaerun.metrics import aggregate_moments
+
+    mean, cov = aggregate_moments(mu, logvar)
     cov = cov + jitter * torch.eye(mu.shape[1], dtype=cov.dtype, device=cov.device)
-    return Mixture(torch.ones(1, dtype=torch.float64, device=mu.device), mu.mean(0)[None],
+    return Mixture(torch.ones(1, dtype=torch.float64, device=mu.device), mean[None],
                    torch.linalg.cholesky(cov)[None], "gaussian")
 
 

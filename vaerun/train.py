@@ -327,8 +327,8 @@ def evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float
 def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float, free_bits: float, seed: int,
               au_threshold: float, mi_examples: int, iw_samples: int, iw_examples: Optional[int],
               on_batch: Optional[Callable[[int, int], None]]) -> dict:
-    from vaerun.metrics import (active_units, aggregate_posterior_gap, bits_per_dim, iw_log_likelihood, mig,
-                                mutual_information)
+    from vaerun.metrics import (active_units, aggregate_posterior_gap, aggregate_posterior_gap_full, bits_per_dim,
+                                iw_log_likelihood, mig, mutual_information)
 
     model.eval()
     gen = torch.Generator(device=data.train.images.device).manual_seed(seed + 104729)
@@ -359,6 +359,7 @@ def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: floa
            "kl_per_dim": kl_d, "n": n, "active_units": au, "au_variance": au_var,
            "mi": mutual_information(mu[:mi_examples], logvar[:mi_examples]),
            "aggregate_kl": aggregate_posterior_gap(mu, logvar),
+           "aggregate_kl_full": aggregate_posterior_gap_full(mu, logvar),
            "bpd": bits_per_dim(recon_m + kl_m, dims, continuous)}
     labels = data.split(split).labels
     if labels is not None and labels.ndim == 2 and labels.shape[0] == n:   # ground-truth factors (shapes)
