@@ -69,10 +69,29 @@ def test_plan_prints_the_table_and_the_audit_warnings():
 
 
 @pytest.mark.parametrize("args,says", [
-    (["beta=0.5,1"], "beta=0.5,1 is a sweep; vaerun plan plans one run"),
+    (["beta=0.5,1"], "beta=0.5,1 is a sweep.\n  fix: vaerun plan -m ... plans each of its jobs"),
+    (["-m", "beta=0.5,-1"], "sweep job 1 (beta=-1)"),
+    (["-m", "beta=0.5,1", "--plot", "p.png"], "--plot draws one run's plan"),
     (["betta=2"], "there is no config key 'betta'"),
     (["resume=outputs"], "resume="),
 ])
 def test_plan_config_errors_are_one_message(args, says):
     out = subprocess.run([VAERUN, "plan", *args], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_plan_m_plans_every_job_of_a_sweep_in_hydras_order():
+    args = [*TINY, "max_steps=20", "schedule=linear", "-m", "beta=1,4", "schedule.warmup_steps=5,50", "collapse_stop=1"]
+    out = subprocess.run([VAERUN, "plan", *args, "--format", "json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    plans = json.loads(out.stdout)
+    assert [p["job"] for p in plans] == [0, 1, 2, 3]
+    assert [[o for o in p["overrides"] if o.split("=")[0] in ("beta", "schedule.warmup_steps")] for p in plans] == [
+        ["beta=1", "schedule.warmup_steps=5"], ["beta=1", "schedule.warmup_steps=50"],
+        ["beta=4", "schedule.warmup_steps=5"], ["beta=4", "schedule.warmup_steps=50"]]
+    assert [round(p["final_beta"], 3) for p in plans] == [1.0, 0.38, 4.0, 1.52]        # step 20 of a 50-step warm-up
+    assert [p["collapse_stop_earliest"] for p in plans] == [6, None, 6, None]          # eval_every=3: from step 6
+    import os
+    text = subprocess.run([VAERUN, "plan", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "300"}).stdout
+    assert "the 4 jobs of the sweep" in text and "β warm-up longer than the run" in text

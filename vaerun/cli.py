@@ -7,7 +7,7 @@ import sys
 
 COMMANDS = {
     "train": "train a VAE: vaerun train [group=option ...] [key=value ...]; -m to sweep; resume=RUN",
-    "plan": "what a train command will do, without training: length, β / lr at each turn, audit: vaerun plan [overrides]",
+    "plan": "what a train command will do, without training: length, β / lr at each turn, audit: vaerun plan [-m] [overrides]",
     "eval": "the importance-weighted NLL on a whole split: vaerun eval RUN|SWEEP [--iw-samples K] [--split test]",
     "diagnose": "verdicts with evidence and next steps: vaerun diagnose RUN|SWEEP",
     "compare": "one report across run or sweep folders: vaerun compare PATH... [--sort KEY] [--format json|csv]",

@@ -253,40 +253,44 @@ def plan_main(argv: list[str]) -> int:
                                 "when it validates, checkpoints and draws sample grids, β, the learning rate and the "
                                 "capacity at every step where they turn, and the step-0 audit of the loss terms "
                                 "with its warnings. Built by the same code as the run, on the CPU.",
-                                usage="vaerun plan [group=option ...] [key=value ...] [--plot FILE] [--format json]")
+                                usage="vaerun plan [-m] [group=option ...] [key=value ...] [--plot FILE] [--format json]")
     p.add_argument("overrides", nargs="*", help="the overrides you would give vaerun train")
+    p.add_argument("-m", "--multirun", action="store_true", help="plan every job of a sweep (beta=0.5,1,2), one "
+                   "line each, in Hydra's job order")
     p.add_argument("--plot", metavar="FILE", help="also draw β, the learning rate and the capacity against step "
                    "into this PNG")
     p.add_argument("--format", choices=["text", "json"], default="text")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # flags anywhere among the overrides, as vaerun train takes -m
     import json
 
     from omegaconf import OmegaConf
 
     from vaerun.cli import expand_home
-    from vaerun.config import Device
-    from vaerun.confcheck import check, compose_config, sweep_axes
-    from vaerun.plan import audit_lines, figure, plan
-    from vaerun.train import build
+    from vaerun.confcheck import check, check_sweep, compose_config, sweep_axes, sweep_jobs
+    from vaerun.plan import figure
 
     overrides = expand_home(a.overrides)
     try:
         swept = [(o, axis) for o, axis in zip(overrides, sweep_axes(overrides)) if len(axis) > 1]
     except Exception:  # a syntax error: check() words it
         swept = []
-    problem = (f"{swept[0][0]} is a sweep; vaerun plan plans one run.\n  fix: plan one value at a time, "
-               f"e.g. vaerun plan {swept[0][1][0]}") if swept else check(overrides)
-    cfg = None if problem else OmegaConf.to_object(compose_config(overrides))
+    if a.multirun:
+        problem = check_sweep(overrides) or ("--plot draws one run's plan.\n  fix: drop -m, or drop --plot"
+                                             if a.plot else None)
+    else:
+        problem = (f"{swept[0][0]} is a sweep.\n  fix: vaerun plan -m ... plans each of its jobs (one line each); "
+                   f"or plan one value, e.g. vaerun plan {swept[0][1][0]}") if swept else check(overrides)
+    jobs = sweep_jobs(overrides) if a.multirun and not problem else [overrides]
+    cfg = None if problem else OmegaConf.to_object(compose_config(jobs[0]))
     if cfg is not None and cfg.resume:
         problem = (f"resume={cfg.resume}: vaerun plan plans a new run; a resumed run keeps its own config.yaml.\n"
                    f"  fix: drop resume= (vaerun train resume=RUN max_steps=N checks a new length itself)")
     if problem:
         print(f"vaerun plan: config error: {problem}", file=sys.stderr)
         return 2
-    cfg.device, cfg.compile = Device.cpu, False  # the plan needs no accelerator and no compiled step
-    parts = build(cfg)
-    out = plan(cfg, parts)
-    out["audit"], lines = audit_lines(cfg, parts)
+    if a.multirun:
+        return _plan_sweep(jobs, [o for o, _ in swept], a.format)
+    out, lines, parts = _plan_job(jobs[0])
     out["overrides"] = list(a.overrides)
     if a.plot:
         from pathlib import Path
@@ -368,6 +372,57 @@ def print_plan(p: dict, audit: list[str]) -> None:
     console.print(table)
     for line in audit:
         console.print(line, highlight=False, soft_wrap=True)
+
+
+def _plan_job(overrides: list[str]):
+    """One run's plan (plan.plan plus its audit record), the audit's log lines, and its built parts."""
+    from omegaconf import OmegaConf
+
+    from vaerun.config import Device
+    from vaerun.confcheck import compose_config
+    from vaerun.plan import audit_lines, plan
+    from vaerun.train import build
+
+    cfg = OmegaConf.to_object(compose_config(overrides))
+    cfg.device, cfg.compile = Device.cpu, False  # the plan needs no accelerator and no compiled step
+    parts = build(cfg)
+    out = plan(cfg, parts)
+    out["audit"], lines = audit_lines(cfg, parts)
+    out["overrides"] = list(overrides)
+    return out, lines, parts
+
+
+def _plan_sweep(jobs: list[list[str]], swept: list[str], fmt: str) -> int:
+    """`vaerun plan -m`: each job's plan, one line each (its swept values, length, validations, the
+    β its last step trains at, where collapse_stop can end it, the audit's warnings)."""
+    import json
+
+    from rich.table import Table
+
+    from vaerun.confcheck import override_key
+
+    keys = {override_key(o) for o in swept}
+    plans = []
+    for number, job in enumerate(jobs):
+        out, _, _ = _plan_job(job)
+        plans.append({"job": number, **out})
+    if fmt == "json":
+        print(json.dumps(plans, indent=1))
+        return 0
+    table = Table(title=f"the {len(jobs)} jobs of the sweep, in Hydra's order")
+    for col in ("job", "swept values", "steps", "epochs", "validations", "last β", "collapse_stop can end it at",
+                "audit warnings"):
+        table.add_column(col, justify="right" if col in ("job", "steps", "epochs", "validations") else "left")
+    for p in plans:
+        values = " ".join(o for o in p["overrides"] if override_key(o) in keys)
+        stop = ("off" if not p["collapse_stop"] else f"{p['collapse_stop_earliest']:,}" if p["collapse_stop_earliest"]
+                else "never")
+        notes = p["audit"].get("notes", [])
+        table.add_row(str(p["job"]), values, f"{p['steps']:,}", f"{p['epochs']:g}", str(len(p["validations"])),
+                      f"{p['final_beta']:.4g}", stop, "; ".join(n.split(":")[0] for n in notes) or "none")
+    _console(table).print(table)
+    print("each job's whole plan: vaerun plan <its overrides> (--format json has them all)")
+    return 0
 
 
 def _plan_stops(p: dict) -> str:
