@@ -91,6 +91,7 @@ def test_sweep_jobs_are_hydras_product_and_the_check_composes_each():
         ["beta=0.5", "max_steps=5", "model=mlp"], ["beta=0.5", "max_steps=5", "model=conv"],
         ["beta=1", "max_steps=5", "model=mlp"], ["beta=1", "max_steps=5", "model=conv"]]
     assert sweep_jobs(["seed=range(3)"]) == [["seed=0"], ["seed=1"], ["seed=2"]]
+    assert sweep_jobs(["beta=1,2", "seed=0,1", "beta=3"]) == [["beta=3", "seed=0"], ["beta=3", "seed=1"]]  # Hydra's
     assert check_sweep(["beta=0.5,1,2", "seed=range(2)", "hydra.sweep.dir=x"]) is None
     assert "sweep job 1 (model.latent_dim=0)" in check_sweep(["model.latent_dim=4,0"])
     # every value checked once, named by Hydra's job number (beta=-4 is the fifth of five, x 4 x 2)

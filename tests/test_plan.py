@@ -95,3 +95,16 @@ def test_plan_m_plans_every_job_of_a_sweep_in_hydras_order():
     text = subprocess.run([VAERUN, "plan", *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "COLUMNS": "300"}).stdout
     assert "the 4 jobs of the sweep" in text and "β warm-up longer than the run" in text
+
+
+def test_plan_m_expands_the_sweep_a_preset_declares_as_hydra_does():
+    """experiment=shapes_beta_sweep declares its β values in hydra.sweeper.params: -m plans its six
+    jobs (it planned one); a β list on the command line replaces the preset's, as in Hydra."""
+    def jobs(*extra):
+        out = subprocess.run([VAERUN, "plan", "-m", "experiment=shapes_beta_sweep", *TINY, *extra, "--format", "json"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return [p["schedule"]["beta"] for p in json.loads(out.stdout)]
+
+    assert jobs() == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+    assert jobs("beta=1,3") == [1.0, 3.0]

@@ -266,21 +266,24 @@ def plan_main(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from vaerun.cli import expand_home
-    from vaerun.confcheck import check, check_sweep, compose_config, sweep_axes, sweep_jobs
+    from vaerun.confcheck import (check, check_sweep, compose_config, declared_sweep_or_none, override_key,
+                                  sweep_axes, sweep_jobs)
     from vaerun.plan import figure
 
     overrides = expand_home(a.overrides)
     try:
-        swept = [(o, axis) for o, axis in zip(overrides, sweep_axes(overrides)) if len(axis) > 1]
+        swept = [axis for axis in sweep_axes(overrides) if len(axis) > 1]
     except Exception:  # a syntax error: check() words it
         swept = []
+    swept = [([o for o in overrides if override_key(o) == override_key(axis[0])][-1], axis) for axis in swept]
     if a.multirun:
         problem = check_sweep(overrides) or ("--plot draws one run's plan.\n  fix: drop -m, or drop --plot"
                                              if a.plot else None)
     else:
         problem = (f"{swept[0][0]} is a sweep.\n  fix: vaerun plan -m ... plans each of its jobs (one line each); "
                    f"or plan one value, e.g. vaerun plan {swept[0][1][0]}") if swept else check(overrides)
-    jobs = sweep_jobs(overrides) if a.multirun and not problem else [overrides]
+    declared = declared_sweep_or_none(overrides) if a.multirun and not problem else []  # a preset's own sweep
+    jobs = sweep_jobs(declared + overrides) if a.multirun and not problem else [overrides]
     cfg = None if problem else OmegaConf.to_object(compose_config(jobs[0]))
     if cfg is not None and cfg.resume:
         problem = (f"resume={cfg.resume}: vaerun plan plans a new run; a resumed run keeps its own config.yaml.\n"
@@ -289,7 +292,7 @@ def plan_main(argv: list[str]) -> int:
         print(f"vaerun plan: config error: {problem}", file=sys.stderr)
         return 2
     if a.multirun:
-        return _plan_sweep(jobs, [o for o, _ in swept], a.format)
+        return _plan_sweep(jobs, [*declared, *(o for o, _ in swept)], a.format)
     out, lines, parts = _plan_job(jobs[0])
     out["overrides"] = list(a.overrides)
     if a.plot:
