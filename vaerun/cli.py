@@ -11,7 +11,7 @@ COMMANDS = {
     "eval": "the importance-weighted NLL on a whole split: vaerun eval RUN|SWEEP [--iw-samples K] [--split test]",
     "diagnose": "verdicts with evidence and next steps: vaerun diagnose RUN|SWEEP",
     "compare": "one report across run or sweep folders: vaerun compare PATH... [--sort KEY] [--format json|csv]",
-    "sample": "a grid of prior samples: vaerun sample RUN [--n 64] [--temperature T] [--seed S]",
+    "sample": "a grid of samples: vaerun sample RUN [--n 64] [--temperature T] [--seed S] [--z prior|gaussian|gmm]",
     "traverse": "latent traversals, rows sorted by KL: vaerun traverse RUN [--dims auto|0,3] [--range R] [--steps K]",
     "interpolate": "decoded paths between encoded images: vaerun interpolate RUN [--pairs P] [--mode linear|slerp]",
     "latents": "latent map + posterior σ per dim: vaerun latents RUN [--color-by FACTOR]",

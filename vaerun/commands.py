@@ -263,37 +263,28 @@ def plan_main(argv: list[str]) -> int:
     a = p.parse_intermixed_args(argv)  # flags anywhere among the overrides, as vaerun train takes -m
     import json
 
-    from omegaconf import OmegaConf
-
     from vaerun.cli import expand_home
-    from vaerun.confcheck import (check, check_sweep, compose_config, declared_sweep_or_none, override_key,
-                                  sweep_axes, sweep_jobs)
+    from vaerun.confcheck import check, check_sweep, declared_sweep, override_key, sweep_axes, sweep_jobs
     from vaerun.plan import figure
 
     overrides = expand_home(a.overrides)
-    try:
-        swept = [axis for axis in sweep_axes(overrides) if len(axis) > 1]
-    except Exception:  # a syntax error: check() words it
-        swept = []
-    swept = [([o for o in overrides if override_key(o) == override_key(axis[0])][-1], axis) for axis in swept]
     if a.multirun:
         problem = check_sweep(overrides) or ("--plot draws one run's plan.\n  fix: drop -m, or drop --plot"
                                              if a.plot else None)
     else:
-        problem = (f"{swept[0][0]} is a sweep.\n  fix: vaerun plan -m ... plans each of its jobs (one line each); "
-                   f"or plan one value, e.g. vaerun plan {swept[0][1][0]}") if swept else check(overrides)
-    declared = declared_sweep_or_none(overrides) if a.multirun and not problem else []  # a preset's own sweep
-    jobs = sweep_jobs(declared + overrides) if a.multirun and not problem else [overrides]
-    cfg = None if problem else OmegaConf.to_object(compose_config(jobs[0]))
-    if cfg is not None and cfg.resume:
-        problem = (f"resume={cfg.resume}: vaerun plan plans a new run; a resumed run keeps its own config.yaml.\n"
-                   f"  fix: drop resume= (vaerun train resume=RUN max_steps=N checks a new length itself)")
+        try:
+            swept = [axis for axis in sweep_axes(overrides) if len(axis) > 1]
+        except Exception:  # a syntax error: check() words it
+            swept = []
+        given = [o for o in overrides if swept and override_key(o) == override_key(swept[0][0])]
+        problem = (f"{given[-1]} is a sweep.\n  fix: vaerun plan -m ... plans each of its jobs (one line each); "
+                   f"or plan one value, e.g. vaerun plan {swept[0][0]}") if swept else check(overrides)
     if problem:
         print(f"vaerun plan: config error: {problem}", file=sys.stderr)
         return 2
-    if a.multirun:
-        return _plan_sweep(jobs, [*declared, *(o for o, _ in swept)], a.format)
-    out, lines, parts = _plan_job(jobs[0])
+    if a.multirun:  # a preset's own sweep (hydra.sweeper.params) first, as Hydra's basic sweeper does
+        return _plan_sweep(sweep_jobs(declared_sweep(overrides) + overrides), a.format)
+    out, lines, parts = _plan_job(overrides)
     out["overrides"] = list(a.overrides)
     if a.plot:
         from pathlib import Path
@@ -383,10 +374,14 @@ def _plan_job(overrides: list[str]):
 
     from vaerun.config import Device
     from vaerun.confcheck import compose_config
+    from vaerun.errors import ConfigError
     from vaerun.plan import audit_lines, plan
     from vaerun.train import build
 
     cfg = OmegaConf.to_object(compose_config(overrides))
+    if cfg.resume:
+        raise ConfigError("resume", cfg.resume, "vaerun plan plans a new run; a resumed run keeps its own config.yaml",
+                          "drop resume= (vaerun train resume=RUN max_steps=N checks a new length itself)")
     cfg.device, cfg.compile = Device.cpu, False  # the plan needs no accelerator and no compiled step
     parts = build(cfg)
     out = plan(cfg, parts)
@@ -395,16 +390,14 @@ def _plan_job(overrides: list[str]):
     return out, lines, parts
 
 
-def _plan_sweep(jobs: list[list[str]], swept: list[str], fmt: str) -> int:
+def _plan_sweep(jobs: list[list[str]], fmt: str) -> int:
     """`vaerun plan -m`: each job's plan, one line each (its swept values, length, validations, the
     β its last step trains at, where collapse_stop can end it, the audit's warnings)."""
     import json
 
     from rich.table import Table
 
-    from vaerun.confcheck import override_key
-
-    keys = {override_key(o) for o in swept}
+    swept = [i for i in range(len(jobs[0])) if len({job[i] for job in jobs}) > 1]  # each job: one entry per key
     plans = []
     for number, job in enumerate(jobs):
         out, _, _ = _plan_job(job)
@@ -417,7 +410,7 @@ def _plan_sweep(jobs: list[list[str]], swept: list[str], fmt: str) -> int:
                 "audit warnings"):
         table.add_column(col, justify="right" if col in ("job", "steps", "epochs", "validations") else "left")
     for p in plans:
-        values = " ".join(o for o in p["overrides"] if override_key(o) in keys)
+        values = " ".join(p["overrides"][i] for i in swept)
         stop = ("off" if not p["collapse_stop"] else f"{p['collapse_stop_earliest']:,}" if p["collapse_stop_earliest"]
                 else "never")
         notes = p["audit"].get("notes", [])

@@ -284,25 +284,21 @@ def sweep_axes(overrides: list[str]) -> list[list[str]]:
     return list(axes.values())
 
 
-def declared_sweep_or_none(overrides: list[str]) -> list[str]:
-    """:func:`declared_sweep`, or none when the overrides do not compose (the check says why)."""
-    try:
-        return declared_sweep(overrides)
-    except Exception:
-        return []
-
-
 def declared_sweep(overrides: list[str]) -> list[str]:
     """The sweep the composed config declares itself (``hydra.sweeper.params``, as the
     ``shapes_beta_sweep`` preset does) as overrides; Hydra's basic sweeper puts them before the
-    command line's, which override them key by key."""
+    command line's, which override them key by key. None when the overrides do not compose (the
+    check says why)."""
     from hydra import compose, initialize_config_module
 
     from vaerun.config import register_configs
 
     register_configs()
-    with initialize_config_module("vaerun.conf", version_base="1.3"):
-        cfg = compose("train", overrides=without_hydra(overrides), return_hydra_config=True)
+    try:
+        with initialize_config_module("vaerun.conf", version_base="1.3"):
+            cfg = compose("train", overrides=without_hydra(overrides), return_hydra_config=True)
+    except Exception:
+        return []
     return [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
 
 
@@ -330,7 +326,7 @@ def check_sweep(overrides: list[str]) -> Optional[str]:
             sweep_axes([o])
         except Exception as err:  # a syntax error, in the parser's words
             return f"{o}: {str(err).splitlines()[0]}.\n  fix: check the sweep syntax, e.g. beta=0.5,1,2 or seed=range(3)"
-    overrides = declared_sweep_or_none(overrides) + overrides
+    overrides = declared_sweep(overrides) + overrides
     axes = sweep_axes(overrides)
     sizes = [len(a) for a in axes]
     picks = [[0] * len(axes)] + [[v if b == a else 0 for b in range(len(axes))]

@@ -84,14 +84,15 @@ def _weaker_decoder(config: dict) -> list[str]:
     return steps + ([" ".join(weaker)] if weaker else [])
 
 
-def collapse_remedies(config: dict, total: int) -> list[str]:
+def collapse_remedies(config: dict, total: int, decoder: bool = True) -> list[str]:
     """What a run whose KL vanishes could try, fitted to its own settings: β = 1 when it trains at
-    more, a (longer) KL warm-up, free bits above its own floor, a weaker autoregressive decoder."""
+    more, a (longer) KL warm-up, free bits above its own floor, and (``decoder``) a weaker
+    autoregressive decoder."""
     return [*(["beta=1"] if (config.get("beta") or 1.0) > 1 else []), *_warmup_remedy(config, total),
-            f"free_bits={_free_bits_floor(config):g}", *_weaker_decoder(config)]
+            f"free_bits={_free_bits_floor(config):g}", *(_weaker_decoder(config) if decoder else [])]
 
 
-def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: int, config: dict) -> dict:
+def _collapse(val: dict, zdep: Optional[dict], thr: float, total: int, config: dict) -> dict:
     kl = val["kl_per_dim"]
     dead = [d for d, k in enumerate(kl) if k < thr]
     ev = {"kl_total": round(val["kl"], 4), "kl_per_dim": [round(k, 4) for k in kl], "collapsed_dims": dead,
@@ -101,9 +102,7 @@ def _collapse(val: dict, zdep: Optional[dict], thr: float, beta: float, total: i
         ev.update({k: round(v, 3) for k, v in zdep.items()})
         ignores = zdep["shuffle_penalty"] < max(1.0, 0.01 * abs(zdep["recon_posterior"]))
     warmup = _warmup_remedy(config, total)
-    steps = [*warmup, f"free_bits={_free_bits_floor(config):g}"]
-    if beta > 1:
-        steps.insert(0, "beta=1")
+    steps = collapse_remedies(config, total, decoder=False)  # a partial collapse: the KL weight explains it
     if len(dead) == len(kl) or (val.get("active_units") == 0):
         return verdict("posterior_collapse", "problem", "full collapse: no latent dimension carries information", ev,
                        "q(z|x) equals the prior for every x, so z tells the decoder nothing"
@@ -420,7 +419,7 @@ def diagnose(records: list[dict], config: dict, zdep: Optional[dict] = None, ove
                                  opt.get("lr_scheduler", "none") or "none", _longer(config, total),
                                  overfitting["evidence"].get("memorising", False))
     schedule = _schedule(train, audit, config)
-    out = [_collapse(vals[-1], zdep, thr, beta, total, config),
+    out = [_collapse(vals[-1], zdep, thr, total, config),
            _lagging(vals[-1], config, total),
            _early_vanishing(vals, thr, early, collapse_remedies(config, total)),
            _imbalance(vals[-1], beta, thr, schedule), optimization, overfitting,

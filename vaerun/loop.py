@@ -186,6 +186,12 @@ def save_grids(run, model: VAE, data: Data, step: int, num_samples: int, seed: i
 
 
 # ---------------------------------------------------------------- the loop
+def at_target_beta(beta: float, cfg: TrainConfig) -> bool:
+    """Whether a step trained at β ``beta`` trained at the run's target β (not in a warm-up or a
+    cycle's ramp): only such validations count for collapse_stop (and `vaerun plan` says where)."""
+    return not unfinished_schedule(beta, cfg.beta, cfg.schedule.beta_start)
+
+
 def step0_audit(parts: Parts, cfg: TrainConfig) -> dict:
     """The audit record (checks.audit) of a run before its first step: what training writes first
     and `vaerun plan` shows."""
@@ -383,7 +389,7 @@ class Trainer:
             s.best_elbo, s.best_val = v["elbo"], dict(v)
         s.since_best = 0 if is_best else s.since_best + 1
         s.final_val = v
-        if not unfinished_schedule(beta, self.cfg.beta, self.cfg.schedule.beta_start):  # trained at its β: count
+        if at_target_beta(beta, self.cfg):  # validations in a warm-up or a cycle's ramp neither count nor reset
             collapsed = all(k < dg.collapse_threshold for k in v["kl_per_dim"])
             s.collapsed_for = s.collapsed_for + 1 if collapsed else 0
         if s.step < p.total_steps:

@@ -90,9 +90,8 @@ def aggregate_posterior_gap(mu: torch.Tensor, logvar: torch.Tensor) -> float:
     """KL(N(m, diag s²) || N(0, I)) for the moment-matched aggregate posterior q(z) = E_x q(z|x):
     m = mean of μ, s² = Var(μ) + E[σ²]. Large values mean prior samples land where the encoder
     never puts data ("holes"), so prior samples look poor."""
-    mu, var = mu.double(), logvar.double().exp()
-    m = mu.mean(0)
-    s2 = mu.var(0, unbiased=False) + var.mean(0)
+    m, cov = aggregate_moments(mu, logvar)
+    s2 = cov.diagonal()
     return float(0.5 * (s2 + m.square() - 1 - s2.log()).sum())
 
 

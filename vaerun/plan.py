@@ -78,10 +78,9 @@ def plan(cfg, parts) -> dict:
             r["capacity"] = parts.capacity(i)
         return r
 
-    from vaerun.checks import unfinished_schedule
+    from vaerun.loop import at_target_beta
 
-    at_target = [v for v in validations if v < total  # the last one ends the run anyway
-                 and not unfinished_schedule(parts.schedule(v - 1), cfg.beta, cfg.schedule.beta_start)]
+    at_target = [v for v in validations if v < total and at_target_beta(parts.schedule(v - 1), cfg)]  # the last ends it
     data = parts.data
     return {
         "data": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),

@@ -36,10 +36,14 @@ class Mixture:
     scale_tril: torch.Tensor
     kind: str = "prior"
 
+    def joint(self, z: torch.Tensor) -> torch.Tensor:
+        """log(w_k · N(z; m_k, Σ_k)) in nats, (N, K), for z (N, D)."""
+        dist = torch.distributions.MultivariateNormal(self.means, scale_tril=self.scale_tril)
+        return dist.log_prob(z.double()[:, None, :]) + self.weights.log()
+
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log g(z) in nats, (N,), for z (N, D)."""
-        dist = torch.distributions.MultivariateNormal(self.means, scale_tril=self.scale_tril)
-        return torch.logsumexp(dist.log_prob(z.double()[:, None, :]) + self.weights.log(), dim=1)
+        return torch.logsumexp(self.joint(z), dim=1)
 
     def sample(self, n: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """n draws (n, D), float32: a component by its weight, then its mean plus T x its spread."""
@@ -92,9 +96,7 @@ def fit_gmm(z: torch.Tensor, components: int = 10, iters: int = 200, seed: int =
     weights = torch.full((k,), 1.0 / k, dtype=z.dtype, device=z.device)
     previous = -math.inf
     for _ in range(iters):
-        mix = Mixture(weights, means, torch.linalg.cholesky(covs), "gmm")
-        joint = torch.distributions.MultivariateNormal(means, scale_tril=mix.scale_tril).log_prob(z[:, None, :]) \
-            + weights.log()                                                   # (N, K)
+        joint = Mixture(weights, means, torch.linalg.cholesky(covs), "gmm").joint(z)  # (N, K)
         ll = torch.logsumexp(joint, dim=1)
         resp = (joint - ll[:, None]).exp()                                    # (N, K) responsibilities
         mean_ll = float(ll.mean())
