@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -49,3 +50,30 @@ def test_gpu_step_prints_its_table_on_a_cpu(tmp_path):
     assert eager == [(b, c) for b in (128, 1024) for c in ("bare", "bare + guard", "vaerun", "vaerun, guard w/o sync")]
     assert all(r["examples_per_sec"] > 0 for r in rows if "error" not in r)
     assert "| 128 | vaerun |" in proc.stdout
+
+
+def test_prior_study_scores_each_run_and_draws_the_grids(tmp_path):
+    """benchmarks/prior_study.py end to end on two tiny shapes runs: every column of its table
+    filled, confidences and spreads in their ranges, the figure drawn; a rerun of one row keeps the
+    other."""
+    from conftest import TINY
+
+    out = tmp_path / "study"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "prior_study.py"), str(tmp_path / "none"), str(out), *TINY]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "RUNS": "shapes,shapes_beta4"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((out / "prior_study.json").read_text())
+    assert list(rows) == ["shapes", "shapes_beta4"] and rows["shapes_beta4"]["overrides"] == ["beta=4"]
+    for r in rows.values():
+        for kind in ("recon", "real", "prior", "gaussian", "gmm"):
+            assert 1 / 3 <= r[f"conf_{kind}"] <= 1 and 0 <= r[f"spread_{kind}"] <= 1.0987  # 3 shapes: log 3
+        assert 0 <= r["hole_share"] <= 1 and r["aggregate_kl_full"] >= r["aggregate_kl"] - 1e-9
+        assert r["gain_gmm"] == r["gain_gmm"] and r["diagnosis"] in ("ok", "warning", "problem")
+    table = (out / "prior_study.md").read_text().splitlines()
+    assert len(table) == 4 and table[2].startswith("| shapes |") and table[3].startswith("| shapes_beta4 |")
+    assert (out / "prior_samples.png").stat().st_size > 10_000
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "RUNS": "shapes_beta4"})
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert list(json.loads((out / "prior_study.json").read_text())) == ["shapes", "shapes_beta4"]

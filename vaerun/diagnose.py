@@ -198,11 +198,12 @@ def _imbalance(val: dict, beta: float, thr: float, schedule: Optional[dict] = No
                            "its β, so finish the warm-up before raising it", schedule["next_steps"])
         return verdict("imbalance", "warning", "reconstruction dominates: the aggregate posterior misses the prior",
                        ev, why, [f"beta={beta * 2:g}", "schedule=constant"])
-    return verdict("imbalance", "ok", "balanced: the aggregate posterior matches the prior", ev,
+    return verdict("imbalance", "ok", "balanced: the aggregate posterior's mean and spread match the prior", ev,
                    f"q(z) is {agg:.2f} nats from N(0, I) (moment-matched)" + (
-                       f", {full:.2f} counting the correlations between dims: where prior samples look worse "
-                       "than reconstructions, `vaerun sample RUN --z gaussian` (or gmm) draws z where the data is"
-                       if full is not None and full > agg + 1 else ""))
+                       f", {full:.2f} counting the correlations between dims" if full is not None and full > agg + 1
+                       else "") + "; moments cannot see codes that cluster (by class, say), whose gaps prior samples "
+                   "fall into: where they look worse than reconstructions, `vaerun sample RUN --z gmm` draws z "
+                   "from a mixture fitted to the codes (README, \"Prior samples\")")
 
 
 def _spikes(values: list[float], factor: float) -> int:
