@@ -81,13 +81,11 @@ def train_classifier(data, epochs: int = 2, seed: int = 0) -> tuple[Classifier, 
     return model, float(acc)
 
 
-@torch.no_grad()
-def scores(classifier: Classifier, images: torch.Tensor) -> tuple[float, float]:
-    """(confidence, spread) of images in [0, 1]: the mean largest class probability (how
-    recognisable each image is) and the entropy in nats of the mean class distribution (how many
-    classes they cover: log 10 = 2.30 for ten equally drawn). A sampler that drew only its easiest
+def scores(probs: torch.Tensor) -> tuple[float, float]:
+    """(confidence, spread) of images from their class probabilities (:func:`class_probs`): the
+    mean largest class probability (how recognisable each image is) and the entropy in nats of the
+    mean class distribution (how many classes they cover: log 10 = 2.30 for ten equally drawn). A sampler that drew only its easiest
     class would gain confidence and lose spread."""
-    probs = class_probs(classifier, images)
     marginal = probs.mean(0)
     return float(probs.max(1).values.mean()), float(-(marginal * marginal.clamp_min(1e-12).log()).sum())
 
@@ -134,19 +132,20 @@ def study_one(name: str, overrides: list[str], root: str, classifiers: dict, ext
     model = run.model()
     grids = {}
     mu, _ = model.encode(run.prepare(data.val.images[:N_SAMPLES], gen))
-    row["conf_recon"], row["spread_recon"] = scores(classifier, model.generate(mu))
-    row["conf_real"], row["spread_real"] = scores(classifier, data.val.images[:N_SAMPLES].float() / 255)
+    row["conf_recon"], row["spread_recon"] = scores(class_probs(classifier, model.generate(mu)))
+    row["conf_real"], row["spread_real"] = scores(class_probs(classifier, data.val.images[:N_SAMPLES].float() / 255))
     drawn = {}
     for kind in ("prior", "gaussian", "gmm"):
         density, fit = run.latent_density(kind)
         z = density.sample(N_SAMPLES, generator=torch.Generator().manual_seed(2))
         images = model.generate(z)
-        row[f"conf_{kind}"], row[f"spread_{kind}"] = scores(classifier, images)
+        probs = class_probs(classifier, images)
+        row[f"conf_{kind}"], row[f"spread_{kind}"] = scores(probs)
         if kind != "prior":
             row[f"gain_{kind}"] = fit["gain"]
-        drawn[kind] = density, z, images
+        drawn[kind] = density, z, probs
         grids[kind] = images[:16].clone()  # not a view: the saved grids would keep all the samples
-    row.update(holes(run, drawn["gmm"][0], drawn["prior"][1], class_probs(classifier, drawn["prior"][2])))
+    row.update(holes(run, drawn["gmm"][0], drawn["prior"][1], drawn["prior"][2]))
     return row, grids
 
 
