@@ -100,3 +100,47 @@ def test_same_seed_same_numbers(tmp_path):
                 for r in RunFolder(tmp_path / sub / "run").read_metrics()]
 
     assert numbers("a") == numbers("b")
+
+
+# The likelihood default follows the data: Bernoulli for binary images, the discretized logistic
+# (a probability mass on the 256 levels) for the grey-level datasets; any explicit choice wins.
+DEFAULT_LIKELIHOOD = [
+    ([], "bernoulli"),                                                   # shapes: binary
+    (["dataset=mnist"], "bernoulli"),                                    # dynamically binarized
+    (["experiment=mnist_vae_examples"], "bernoulli"),
+    (["dataset=fashion_mnist"], "logistic"),                             # grey levels
+    (["dataset=cifar10"], "logistic"),
+    (["dataset=image_folder", "dataset.path=/x"], "logistic"),
+    (["dataset=fashion_mnist", "likelihood=bernoulli"], "bernoulli"),    # the command line wins,
+    (["likelihood=gaussian", "dataset=fashion_mnist"], "gaussian"),      # whatever the order,
+    (["experiment=fashion_mnist_conv_gaussian"], "gaussian"),            # and so does a preset
+    (["experiment=cifar10_conv"], "logistic"),
+]
+
+
+@pytest.mark.parametrize("overrides,likelihood", DEFAULT_LIKELIHOOD, ids=[" ".join(o) or "default" for o, _ in
+                                                                            DEFAULT_LIKELIHOOD])
+def test_the_likelihood_default_follows_the_data(overrides, likelihood):
+    cfg, resolved = compose(overrides)
+    assert resolved["likelihood"]["name"] == likelihood
+    assert resolved["likelihood"]["mixtures"] == (5 if "experiment=cifar10_conv" in overrides else 1)
+
+
+def test_a_sweep_over_datasets_gives_each_job_its_datasets_likelihood(tmp_path):
+    """`vaerun plan -m` composes every job as the sweep will: on grey-level CIFAR-10 the logistic,
+    with no likelihood warning from the step-0 audit, on binary shapes the Bernoulli."""
+    import json
+    import subprocess
+
+    from conftest import VAERUN
+
+    root = make_fake_cifar10(tmp_path / "cifar")
+    out = subprocess.run([VAERUN, "plan", "-m", "dataset=shapes,cifar10", f"dataset.root={root}",
+                          "dataset.val_size=20", *[o for o in TINY if not o.startswith("dataset.val_size")],
+                          "--format", "json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    jobs = json.loads(out.stdout)
+    assert [j["model"]["likelihood"] for j in jobs] == ["bernoulli", "logistic"]
+    assert [j["audit"]["binary"] for j in jobs] == [True, False]
+    assert not [n for j in jobs for n in j["audit"]["notes"] if "likelihood" in n.lower()]

@@ -79,7 +79,7 @@ def test_likelihood_mismatch_is_reported(tmp_path):
            "active_units": 2, "aggregate_kl": 0.1}
     report = diagnose([audit, val], {"likelihood": {"name": "bernoulli"}})
     assert checks(report)["likelihood"]["status"] == "problem"
-    assert "dataset.binarize=dynamic" in checks(report)["likelihood"]["next_steps"]
+    assert checks(report)["likelihood"]["next_steps"] == ["dataset.binarize=dynamic", "likelihood=logistic"]
 
 
 @pytest.fixture(scope="module")

@@ -384,7 +384,7 @@ def _likelihood(audit: Optional[dict], cfg_lik: dict, cfg_data: dict) -> dict:
     if bern:
         return verdict("likelihood", "problem", "Bernoulli likelihood on grey-level data", ev,
                        "the recon term is a cross-entropy, not a log-likelihood: its nats are not comparable",
-                       ["dataset.binarize=dynamic", "likelihood=gaussian likelihood.learn_sigma=global"])
+                       ["dataset.binarize=dynamic", "likelihood=logistic"])
     if wide:
         return verdict("likelihood", "warning", "blur: a wide fixed-σ Gaussian", ev, wide[0].split(":")[0],
                        ["likelihood.learn_sigma=global", f"likelihood.sigma={(cfg_lik.get('sigma') or 0.1) / 3:.2g}"])
