@@ -317,6 +317,30 @@ def test_bad_checkpoints_are_refused_clearly(tmp_path, finished_run, damage):
     assert not Exploit.marker.exists()
 
 
+def test_a_checkpoint_that_does_not_fit_its_config_is_refused_clearly(tmp_path, finished_run):
+    """A run written by an older vaerun (the logistic likelihood at likelihood.mixtures=1 had 3
+    outputs per pixel, now 2) once met the next version with a load_state_dict traceback."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    for name in ("best", "last"):  # as an older version would have written it: one more output map
+        path = run / "checkpoints" / f"{name}.pt"
+        state = torch.load(path, weights_only=True)
+        key = [k for k in state["model"] if k.startswith("decoder.") and k.endswith(".weight")][-1]
+        state["model"][key] = torch.cat([state["model"][key], state["model"][key]])
+        torch.save(state, path)
+    for cmd in (["sample", str(run), "--n", "4"], ["eval", str(run), "--iw-samples", "2"]):
+        out = subprocess.run([VAERUN, *cmd], capture_output=True, text=True, timeout=120)
+        text = out.stdout + out.stderr
+        assert out.returncode == 2 and "Traceback" not in text, text
+        assert "best.pt does not fit the model" in text and key in text and "fix:" in text
+    out = resume(run)
+    text = out.stdout + out.stderr
+    assert out.returncode == 2 and "Traceback" not in text and "last.pt does not fit the model" in text
+    assert "does not fit" in json.loads((run / "summary.json").read_text())["error"]
+
+
 # ---------------------------------------------------------------- data and output folders
 def _train(tmp_path, *args) -> subprocess.CompletedProcess:
     return subprocess.run([VAERUN, "train", *TINY, f"out_dir={tmp_path / 'out'}", *args], capture_output=True,

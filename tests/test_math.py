@@ -164,16 +164,18 @@ def test_discretized_logistic_is_a_mass_on_256_levels(mixtures):
 
     torch.manual_seed(mixtures)
     lik = DiscretizedLogistic(1, mixtures=mixtures)
-    params = torch.randn(5, 3 * mixtures, 1, 1, dtype=torch.float64) * 2
-    params[:, 2 * mixtures:] -= 2.5                                      # some sharp components
+    n = lik.params_per_channel                                           # K logits (none for K = 1), K means, K log-scales
+    assert n == (2 if mixtures == 1 else 3 * mixtures)
+    params = torch.randn(5, n, 1, 1, dtype=torch.float64) * 2
+    params[:, n - mixtures:] -= 2.5                                      # some sharp components
     levels = torch.arange(256, dtype=torch.float64) / 255
     probs = torch.stack([lik.log_prob(params, torch.full((5, 1, 1, 1), float(v), dtype=torch.float64))
                          for v in levels]).exp()                         # (256, 5)
     torch.testing.assert_close(probs.sum(0), torch.ones(5, dtype=torch.float64), rtol=1e-6, atol=1e-6)
     # independent: Σ_k π_k (F(upper) − F(lower)) with the tails in the edge bins
     k = mixtures
-    pi = torch.softmax(params[:, :k, 0, 0], 1)
-    mu, s = torch.tanh(params[:, k:2 * k, 0, 0]), params[:, 2 * k:, 0, 0].clamp(min=-7).exp()
+    pi = torch.softmax(params[:, :k, 0, 0], 1) if k > 1 else torch.ones(5, 1, dtype=torch.float64)
+    mu, s = torch.tanh(params[:, n - 2 * k:n - k, 0, 0]), params[:, n - k:, 0, 0].clamp(min=-7).exp()
     for i in (0, 1, 77, 128, 254, 255):
         xs = 2 * float(levels[i]) - 1
         upper = torch.tensor(math.inf if i == 255 else xs + 1 / 255, dtype=torch.float64)
@@ -186,9 +188,9 @@ def test_discretized_logistic_is_a_mass_on_256_levels(mixtures):
     assert float(x.mean()) == pytest.approx(float(lik.mean(params[:1])), abs=0.01)
     # 3 channels are independent mixtures in the channel-major layout
     rgb = DiscretizedLogistic(3, mixtures=mixtures)
-    p3 = torch.randn(2, 9 * mixtures, 4, 4, dtype=torch.float64)
+    p3 = torch.randn(2, 3 * n, 4, 4, dtype=torch.float64)
     x3 = torch.randint(0, 256, (2, 3, 4, 4)).double() / 255
-    split = sum(lik.log_prob(p3[:, c * 3 * k:(c + 1) * 3 * k], x3[:, c:c + 1]) for c in range(3))
+    split = sum(lik.log_prob(p3[:, c * n:(c + 1) * n], x3[:, c:c + 1]) for c in range(3))
     torch.testing.assert_close(rgb.log_prob(p3, x3), split)
 
 

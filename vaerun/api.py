@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from vaerun.runs import RunFolder, model_weights
+from vaerun.runs import RunFolder, load_model_weights, model_weights
 
 
 class Run:
@@ -103,7 +103,7 @@ class Run:
             state = self.folder.load_checkpoint(checkpoint, map_location=self.device)
             shape = tuple(self.summary.get("data_shape") or self.data().shape)
             vae = place(build_model(self.cfg, shape), self.device)
-            vae.load_state_dict(model_weights(state))
+            load_model_weights(vae, model_weights(state), self.folder.checkpoint_file(checkpoint))
             self._models[checkpoint] = vae.eval()
         return self._models[checkpoint]
 

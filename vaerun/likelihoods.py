@@ -169,7 +169,9 @@ class DiscretizedLogistic(Likelihood):
     F((x' − ½w − μ_k)/s_k)] with x' = 2x − 1 ∈ [−1, 1], bin width w = 2/255, F the logistic CDF,
     and the two edge bins taking the tails. A probability mass, so its nats are an honest discrete
     NLL and bits/dim need no conversion. Parameters per channel: K mixture logits, K means,
-    K log-scales (channel-major like every likelihood here)."""
+    K log-scales (channel-major like every likelihood here); for K = 1 only the mean and the
+    log-scale (a lone mixture logit has no effect and no gradient: it would cost the decoder a
+    third of its output layer for nothing)."""
 
     continuous = False
 
@@ -178,13 +180,15 @@ class DiscretizedLogistic(Likelihood):
         if mixtures < 1:
             raise ValueError(f"mixtures must be >= 1, not {mixtures}")
         self.mixtures, self.min_log_scale = mixtures, min_log_scale
-        self.params_per_channel = 3 * mixtures
+        self.params_per_channel = 2 if mixtures == 1 else 3 * mixtures
 
     def _split(self, params: torch.Tensor):
-        p = _per_channel(params, self.params_per_channel)               # (B, C, 3K, H, W)
+        """(mixture logits or None for K = 1, means, log-scales), each (B, C, K, H, W)."""
+        p = _per_channel(params, self.params_per_channel)               # (B, C, 3K or 2, H, W)
         k = self.mixtures
-        logit_pi, mu, log_s = p[:, :, :k], torch.tanh(p[:, :, k:2 * k]), p[:, :, 2 * k:].clamp(min=self.min_log_scale)
-        return logit_pi, mu, log_s                                      # each (B, C, K, H, W)
+        logit_pi = p[:, :, :k] if k > 1 else None
+        rest = p[:, :, k:] if k > 1 else p
+        return logit_pi, torch.tanh(rest[:, :, :k]), rest[:, :, k:].clamp(min=self.min_log_scale)
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         logit_pi, mu, log_s = self._split(params)
@@ -198,6 +202,8 @@ class DiscretizedLogistic(Likelihood):
         log_pdf_mid = mid - log_s - 2 * F.softplus(mid) - math.log(127.5)
         log_delta = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_pdf_mid)
         log_bin = torch.where(xs < -0.999, log_cdf_plus, torch.where(xs > 0.999, log_one_minus_cdf_min, log_delta))
+        if logit_pi is None:                                            # one logistic: its bin
+            return log_bin.flatten(1).sum(1)
         lp = torch.logsumexp(log_bin + F.log_softmax(logit_pi, dim=2), dim=2)   # (B, C, H, W)
         return lp.flatten(1).sum(1)
 
@@ -207,14 +213,19 @@ class DiscretizedLogistic(Likelihood):
         logit_pi, mu, log_s = self._split(params)
         s = log_s.exp()
         clamped = -1 + s * (F.softplus((mu + 1) / s) - F.softplus((mu - 1) / s))    # (B, C, K, H, W)
+        if logit_pi is None:
+            return (clamped.squeeze(2) + 1) / 2
         return ((torch.softmax(logit_pi, dim=2) * clamped).sum(2) + 1) / 2
 
     def sample(self, params: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         logit_pi, mu, log_s = self._split(params)
         b, c, k, h, w = mu.shape
-        probs = torch.softmax(logit_pi, dim=2).permute(0, 1, 3, 4, 2).reshape(-1, k)
-        pick = torch.multinomial(probs, 1, generator=generator).view(b, c, h, w, 1).permute(0, 1, 4, 2, 3)
-        m, s = mu.gather(2, pick).squeeze(2), log_s.gather(2, pick).squeeze(2).exp()
+        if logit_pi is None:
+            m, s = mu.squeeze(2), log_s.squeeze(2).exp()
+        else:
+            probs = torch.softmax(logit_pi, dim=2).permute(0, 1, 3, 4, 2).reshape(-1, k)
+            pick = torch.multinomial(probs, 1, generator=generator).view(b, c, h, w, 1).permute(0, 1, 4, 2, 3)
+            m, s = mu.gather(2, pick).squeeze(2), log_s.gather(2, pick).squeeze(2).exp()
         u = torch.rand(m.shape, generator=generator, device=m.device, dtype=m.dtype).clamp(1e-5, 1 - 1e-5)
         xs = (m + s * (torch.log(u) - torch.log1p(-u))).clamp(-1, 1)     # logistic inverse CDF
         return torch.round((xs + 1) / 2 * 255) / 255                     # onto the 256 levels

@@ -10,6 +10,7 @@ import random
 import signal
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -21,6 +22,7 @@ from vaerun.errors import Interrupted, NonFiniteError
 from vaerun.models import VAE
 from vaerun.objectives import Terms
 from vaerun.optim import is_per_step, match_param_layouts
+from vaerun.runs import load_model_weights
 from vaerun.train import Accumulator, Parts, evaluate, seeded_rng, train_step
 
 log = logging.getLogger("vaerun")
@@ -74,9 +76,10 @@ def checkpoint_state(parts: Parts, state: LoopState, rngs: Rngs, acc: Accumulato
             **({"ema_model": parts.ema.model_state(parts.model)} if parts.ema is not None else {})}
 
 
-def restore(parts: Parts, ckpt: dict, rngs: Rngs, acc: Accumulator) -> LoopState:
-    """Puts model, optimizer, scheduler, RNGs and the accumulator back as they were at ``ckpt``."""
-    parts.model.load_state_dict(ckpt["model"])
+def restore(parts: Parts, ckpt: dict, rngs: Rngs, acc: Accumulator, source: str | Path) -> LoopState:
+    """Puts model, optimizer, scheduler, RNGs and the accumulator back as they were at ``ckpt``
+    (read from the file ``source``)."""
+    load_model_weights(parts.model, ckpt["model"], source)
     parts.optimizer.load_state_dict(ckpt["optimizer"])
     match_param_layouts(parts.optimizer)  # a checkpoint written with another memory layout
     if parts.ema is not None:  # a checkpoint from before the average existed cannot be resumed with one
@@ -218,8 +221,10 @@ class Trainer:
                                    collapse_remedies(config, parts.total_steps))
         self.state.aggressive = cfg.aggressive.enabled  # a resume replaces it with the checkpoint's
 
-    def resume(self, ckpt: dict) -> None:
-        self.state = restore(self.parts, ckpt, self.rngs, self.acc)
+    def resume(self) -> None:
+        """Continues from the run's checkpoints/last.pt."""
+        self.state = restore(self.parts, self.run.load_checkpoint("last"), self.rngs, self.acc,
+                             self.run.checkpoint_file("last"))
         dropped = self.run.truncate_metrics(self.state.step)
         log.info("resumed at step %d of %d (dropped %d metrics records logged after that checkpoint)",
                  self.state.step, self.parts.total_steps, dropped)
@@ -462,7 +467,7 @@ class Trainer:
                                  f"(nan_retries={cfg.nan_retries}; lr now {p.optimizer.param_groups[0]['lr']:.3g}).\n"
                                  f"  fix: {fix.replace(', or try on_nan=rollback', '')}")
         scale, rollbacks, skipped = s.lr_scale * 0.5, s.rollbacks + 1, s.skipped
-        self.state = restore(p, self.run.load_checkpoint("last"), self.rngs, self.acc)
+        self.state = restore(p, self.run.load_checkpoint("last"), self.rngs, self.acc, self.run.checkpoint_file("last"))
         scale_lr(p, scale / self.state.lr_scale)
         self.state.lr_scale, self.state.rollbacks, self.state.skipped = scale, rollbacks, skipped
         self.run.truncate_metrics(self.state.step)

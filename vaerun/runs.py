@@ -279,6 +279,29 @@ def model_weights(checkpoint: dict) -> dict:
     return checkpoint["ema_model"] if "ema_model" in checkpoint else checkpoint["model"]
 
 
+def load_model_weights(model, weights: dict, source: str | os.PathLike) -> None:
+    """``model.load_state_dict(weights)``, where a checkpoint that does not fit the model its run's
+    config builds (written by another vaerun version, or config.yaml edited since) is a
+    CheckpointError naming the file, the first tensors that differ and the fix."""
+    from vaerun.errors import CheckpointError
+
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    shapes = [f"{k}: {list(weights[k].shape)} in the file, {list(own[k].shape)} in the model" for k in own
+              if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        what = shapes[:2] + [f"{k} missing from the file" for k in missing[:2]] + \
+            [f"{k} in the file, not in the model" for k in unexpected[:2]]
+        more = len(shapes) + len(missing) + len(unexpected) - len(what)
+        raise CheckpointError(
+            f"{source} does not fit the model that the run's config.yaml builds ({'; '.join(what)}"
+            f"{f'; {more} more' if more > 0 else ''}): it was written by another version of vaerun, or the "
+            f"config was edited since (the logistic likelihood with likelihood.mixtures=1 has 2 parameters per "
+            f"pixel since 2026-11-28, 3 before).\n  fix: open the run with the vaerun version that wrote it, "
+            f"or train it again")
+    model.load_state_dict(weights)
+
+
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Loads a vaerun checkpoint with ``weights_only=True`` (a pickle that would run code is
     refused). Every failure is a CheckpointError naming the file and what to do."""

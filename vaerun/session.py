@@ -66,7 +66,7 @@ def train(cfg: TrainConfig, run, config: dict, *, bar: bool = False, resume: boo
                      cfg.model.name.value, summary["num_params"], parts.total_steps, parts.device, run.path)
             trainer = Trainer(cfg, parts, run, config, None, None, t0)
             if resume:
-                trainer.resume(run.load_checkpoint("last"))
+                trainer.resume()
             writer = run.tb_writer(purge_step=trainer.state.step + 1 if resume else None) if cfg.tensorboard else None
             trainer.writer = writer
             reporter = Reporter(parts.total_steps, bar, start=trainer.state.step, eval_every=cfg.eval_every)
