@@ -194,6 +194,35 @@ def test_discretized_logistic_is_a_mass_on_256_levels(mixtures):
     torch.testing.assert_close(rgb.log_prob(p3, x3), split)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_one_logistics_closed_form_gradient_is_autograds(dtype, tol):
+    """DiscretizedLogistic.log_prob_grad at K = 1 is written out (the written-out MLP pass's
+    output gradient); it must be autograd's through log_prob in every branch: the edge bins,
+    inner bins by the CDF difference and by the centre density, log-scales below the floor and
+    softplus past its linear threshold."""
+    from vaerun.likelihoods import DiscretizedLogistic, Likelihood
+
+    torch.manual_seed(0)
+    lik = DiscretizedLogistic(2, mixtures=1)
+    x = torch.randint(0, 256, (48, 2, 6, 6)).to(dtype) / 255
+    x[:8], x[8:16] = 0, 1                                                   # edge bins
+    p = torch.randn(48, 4, 6, 6, dtype=dtype) * 2
+    p[16:24, 1::2] = -9                                                     # log-scales below the floor (-7)
+    p[24:32, 0::2], p[24:32, 1::2] = 3, -6.9                                # sharp, far from x: centre density
+    p[32:40] *= 15                                                          # softplus beyond 20
+    lp, grad = lik.log_prob_grad(p, x)
+    want_lp, want = Likelihood.log_prob_grad(lik, p, x)
+    torch.testing.assert_close(lp, want_lp, rtol=tol, atol=tol)
+    torch.testing.assert_close(grad, want, rtol=tol, atol=tol * float(want.abs().max()))
+    # every branch was taken
+    q = p.view(48, 2, 2, 6, 6)
+    mu, inv_s = torch.tanh(q[:, :, 0]), torch.exp(-q[:, :, 1].clamp(min=-7))
+    c, inner = 2 * x - 1 - mu, (x > 0) & (x < 1)
+    delta = torch.sigmoid(inv_s * (c + 1 / 255)) - torch.sigmoid(inv_s * (c - 1 / 255))
+    assert (inner & (delta > 1e-5)).any() and (inner & (delta <= 1e-5)).any() and (q[:, :, 1] < -7).any()
+    assert (inv_s * (c + 1 / 255) > 20).any() and (inv_s * (c - 1 / 255) > 20).any()
+
+
 def test_capacity_annealing_pulls_kl_towards_c():
     """Burgess et al. 2018: recon + γ|KL − C|; its gradient pushes KL up below C, down above it."""
     from vaerun.schedules import Capacity

