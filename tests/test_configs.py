@@ -130,6 +130,7 @@ def test_a_sweep_over_datasets_gives_each_job_its_datasets_likelihood(tmp_path):
     """`vaerun plan -m` composes every job as the sweep will: on grey-level CIFAR-10 the logistic,
     with no likelihood warning from the step-0 audit, on binary shapes the Bernoulli."""
     import json
+    import os
     import subprocess
 
     from conftest import VAERUN
@@ -144,3 +145,9 @@ def test_a_sweep_over_datasets_gives_each_job_its_datasets_likelihood(tmp_path):
     assert [j["model"]["likelihood"] for j in jobs] == ["bernoulli", "logistic"]
     assert [j["audit"]["binary"] for j in jobs] == [True, False]
     assert not [n for j in jobs for n in j["audit"]["notes"] if "likelihood" in n.lower()]
+    table = subprocess.run([VAERUN, "plan", "-m", "dataset=shapes,cifar10", f"dataset.root={root}",
+                            "dataset.val_size=20", *[o for o in TINY if not o.startswith("dataset.val_size")]],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "250"})
+    assert table.returncode == 0, table.stdout + table.stderr
+    assert "dataset=shapes (its likelihood: bernoulli)" in table.stdout
+    assert "dataset=cifar10 (its likelihood: logistic)" in table.stdout

@@ -409,8 +409,14 @@ def _plan_sweep(jobs: list[list[str]], fmt: str) -> int:
     for col in ("job", "swept values", "steps", "epochs", "validations", "last β", "collapse_stop can end it at",
                 "audit warnings"):
         table.add_column(col, justify="right" if col in ("job", "steps", "epochs", "validations") else "left")
+    # a dataset brings its own likelihood default (the grey-level ones the logistic): say so where
+    # the sweep changes the likelihood without sweeping it
+    implied = (len({p["model"]["likelihood"] for p in plans}) > 1
+               and not any(jobs[0][i].startswith("likelihood=") for i in swept))
     for p in plans:
         values = " ".join(p["overrides"][i] for i in swept)
+        if implied:
+            values += f" (its likelihood: {p['model']['likelihood']})"
         stop = ("off" if not p["collapse_stop"] else f"{p['collapse_stop_earliest']:,}" if p["collapse_stop_earliest"]
                 else "never")
         notes = p["audit"].get("notes", [])
