@@ -10,7 +10,6 @@ import random
 import signal
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -76,10 +75,11 @@ def checkpoint_state(parts: Parts, state: LoopState, rngs: Rngs, acc: Accumulato
             **({"ema_model": parts.ema.model_state(parts.model)} if parts.ema is not None else {})}
 
 
-def restore(parts: Parts, ckpt: dict, rngs: Rngs, acc: Accumulator, source: str | Path) -> LoopState:
-    """Puts model, optimizer, scheduler, RNGs and the accumulator back as they were at ``ckpt``
-    (read from the file ``source``)."""
-    load_model_weights(parts.model, ckpt["model"], source)
+def restore(parts: Parts, run, rngs: Rngs, acc: Accumulator) -> LoopState:
+    """Puts model, optimizer, scheduler, RNGs and the accumulator back as they were at the run
+    folder's checkpoints/last.pt."""
+    ckpt = run.load_checkpoint("last")
+    load_model_weights(parts.model, ckpt["model"], run.checkpoint_file("last"))
     parts.optimizer.load_state_dict(ckpt["optimizer"])
     match_param_layouts(parts.optimizer)  # a checkpoint written with another memory layout
     if parts.ema is not None:  # a checkpoint from before the average existed cannot be resumed with one
@@ -223,8 +223,7 @@ class Trainer:
 
     def resume(self) -> None:
         """Continues from the run's checkpoints/last.pt."""
-        self.state = restore(self.parts, self.run.load_checkpoint("last"), self.rngs, self.acc,
-                             self.run.checkpoint_file("last"))
+        self.state = restore(self.parts, self.run, self.rngs, self.acc)
         dropped = self.run.truncate_metrics(self.state.step)
         log.info("resumed at step %d of %d (dropped %d metrics records logged after that checkpoint)",
                  self.state.step, self.parts.total_steps, dropped)
@@ -467,7 +466,7 @@ class Trainer:
                                  f"(nan_retries={cfg.nan_retries}; lr now {p.optimizer.param_groups[0]['lr']:.3g}).\n"
                                  f"  fix: {fix.replace(', or try on_nan=rollback', '')}")
         scale, rollbacks, skipped = s.lr_scale * 0.5, s.rollbacks + 1, s.skipped
-        self.state = restore(p, self.run.load_checkpoint("last"), self.rngs, self.acc, self.run.checkpoint_file("last"))
+        self.state = restore(p, self.run, self.rngs, self.acc)
         scale_lr(p, scale / self.state.lr_scale)
         self.state.lr_scale, self.state.rollbacks, self.state.skipped = scale, rollbacks, skipped
         self.run.truncate_metrics(self.state.step)
