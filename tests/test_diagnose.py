@@ -82,6 +82,34 @@ def test_likelihood_mismatch_is_reported(tmp_path):
     assert checks(report)["likelihood"]["next_steps"] == ["dataset.binarize=dynamic", "likelihood=logistic"]
 
 
+def test_a_256_level_likelihood_on_binary_data_is_a_problem(tmp_path):
+    """The discretized logistic (the grey-level datasets' default) on binary data trained the default
+    shapes run to an ELBO of -481.0 nats against the Bernoulli's -59.7: the audit names it, with
+    the binarization to undo when the data were binarized, and the diagnosis calls it a problem."""
+    from conftest import make_image_folder
+    from vaerun.checks import audit
+    from vaerun.diagnose import diagnose
+    from vaerun.train import build
+
+    for extra, binarized in (([], False), (["dataset=image_folder", "dataset.binarize=static", "dataset.val_size=5",
+                                           "dataset.test_size=5", f"dataset.path={make_image_folder(tmp_path, n=30)}"],
+                                          True)):
+        cfg, resolved = compose([*TINY, "likelihood=logistic", *extra])
+        parts = build(cfg)
+        rec = audit(parts.model, parts.data, 32, 0.0, 1.0, 0.0, 0)
+        notes = [n for n in rec["notes"] if n.startswith("256-level likelihood on binary data")]
+        assert rec["binary"] and len(notes) == 1 and "fix: likelihood=bernoulli" in notes[0]
+        assert ("dataset.binarize=none" in notes[0]) == binarized
+        val = {"split": "val", "step": 10, "kl": 5.0, "kl_per_dim": [2.5, 2.5], "elbo": -90.0, "mi": 2.0,
+               "active_units": 2, "aggregate_kl": 0.1}
+        lik = checks(diagnose([rec, val], resolved))["likelihood"]
+        assert lik["status"] == "problem" and "256-level" in lik["verdict"]
+        assert lik["next_steps"] == ["likelihood=bernoulli"] + (["dataset.binarize=none"] if binarized else [])
+    cfg, _ = compose([*TINY, "likelihood=bernoulli"])                     # the Bernoulli on the same data: no note
+    parts = build(cfg)
+    assert not audit(parts.model, parts.data, 32, 0.0, 1.0, 0.0, 0)["notes"]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli")

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import torch
 
 from vaerun.data import Data
-from vaerun.likelihoods import Bernoulli, ContinuousBernoulli, Gaussian
+from vaerun.likelihoods import Bernoulli, ContinuousBernoulli, DiscretizedLogistic, Gaussian
 from vaerun.models.vae import VAE
 from vaerun.objectives import elbo_terms, kl_penalty
 
@@ -44,6 +44,13 @@ def audit(model: VAE, data: Data, batch_size: int, beta0: float, beta: float, fr
         notes.append(f"density on binary data ({type(lik).__name__} on {data.name}): on pixels that are all 0 or 1 a "
                      f"density grows without bound as the model sharpens ({sharpens}), so the ELBO climbs "
                      f"past 0 and its nats are not comparable with a likelihood's (fix: likelihood=bernoulli"
+                     + (", or dataset.binarize=none to model the grey levels" if grey else "") + ")")
+    if binary and isinstance(lik, DiscretizedLogistic):
+        grey = data.binarize != "none"
+        notes.append(f"256-level likelihood on binary data (discretized logistic on {data.name}): it spreads its "
+                     f"mass over the 256 grey levels where the data take two, and reaches them only with its "
+                     f"mean pressed against ±1 and a small scale, so it trains far worse than a Bernoulli (the "
+                     f"default shapes run: ELBO -481.0 against -59.7 nats) (fix: likelihood=bernoulli"
                      + (", or dataset.binarize=none to model the grey levels" if grey else "") + ")")
     if isinstance(lik, Gaussian) and lik.learn_sigma == "none":
         sigma, spread = float(lik.sigma().max()), float(x.std())
