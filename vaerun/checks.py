@@ -39,19 +39,18 @@ def audit(model: VAE, data: Data, batch_size: int, beta0: float, beta: float, fr
                      "images, or a likelihood for grey levels: likelihood=logistic, continuous_bernoulli or gaussian)")
     sharpens = ("σ shrinks to exp(likelihood.min_log_sigma)" if isinstance(lik, Gaussian) and lik.learn_sigma != "none"
                 else "λ runs to 0 or 1" if isinstance(lik, ContinuousBernoulli) else None)
+    # on binary data the fix is the Bernoulli, or for binarized grey levels the grey levels themselves
+    to_binary = "likelihood=bernoulli" + (", or dataset.binarize=none to model the grey levels"
+                                          if data.binarize != "none" else "")
     if binary and sharpens:
-        grey = data.binarize != "none"
         notes.append(f"density on binary data ({type(lik).__name__} on {data.name}): on pixels that are all 0 or 1 a "
                      f"density grows without bound as the model sharpens ({sharpens}), so the ELBO climbs "
-                     f"past 0 and its nats are not comparable with a likelihood's (fix: likelihood=bernoulli"
-                     + (", or dataset.binarize=none to model the grey levels" if grey else "") + ")")
+                     f"past 0 and its nats are not comparable with a likelihood's (fix: {to_binary})")
     if binary and isinstance(lik, DiscretizedLogistic):
-        grey = data.binarize != "none"
         notes.append(f"256-level likelihood on binary data (discretized logistic on {data.name}): it spreads its "
                      f"mass over the 256 grey levels where the data take two, and reaches them only with its "
                      f"mean pressed against ±1 and a small scale, so it trains far worse than a Bernoulli (the "
-                     f"default shapes run: ELBO -481.0 against -59.7 nats) (fix: likelihood=bernoulli"
-                     + (", or dataset.binarize=none to model the grey levels" if grey else "") + ")")
+                     f"default shapes run: ELBO -481.0 against -59.7 nats) (fix: {to_binary})")
     if isinstance(lik, Gaussian) and lik.learn_sigma == "none":
         sigma, spread = float(lik.sigma().max()), float(x.std())
         if sigma > 0.5 * spread:

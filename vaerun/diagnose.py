@@ -374,21 +374,20 @@ def _likelihood(audit: Optional[dict], cfg_lik: dict, cfg_data: dict) -> dict:
     bern = [n for n in notes if n.startswith("Bernoulli")]
     wide = [n for n in notes if "wide" in n]
     unbounded = [n for n in notes if n.startswith("density on binary data")]
+    levels = [n for n in notes if n.startswith("256-level likelihood on binary data")]
+    # on binary data: the Bernoulli, or (binarized grey levels) the grey levels themselves
+    to_binary = ["likelihood=bernoulli"] + (["dataset.binarize=none"] if cfg_data.get("binarize", "none")
+                                            not in (None, "none") else [])
     if unbounded:
-        binarized = cfg_data.get("binarize", "none") not in (None, "none")
         return verdict("likelihood", "problem", "a continuous density on binary data: the ELBO is unbounded", ev,
                        "on pixels that are all 0 or 1 a density has no ceiling: the sharper the model, the higher "
                        "the 'likelihood', without limit, so a positive ELBO here means nothing and cannot be "
-                       "compared with a Bernoulli run's nats",
-                       ["likelihood=bernoulli"] + (["dataset.binarize=none"] if binarized else []))
-    levels = [n for n in notes if n.startswith("256-level likelihood on binary data")]
+                       "compared with a Bernoulli run's nats", to_binary)
     if levels:
-        binarized = cfg_data.get("binarize", "none") not in (None, "none")
         return verdict("likelihood", "problem", "a 256-level likelihood on binary data", ev,
                        "the discretized logistic puts its mass on 256 grey levels where the pixels take two, and "
                        "can reach 0 and 1 only at the ends of its range: its nats are honest but far worse "
-                       "than a Bernoulli's on the same data",
-                       ["likelihood=bernoulli"] + (["dataset.binarize=none"] if binarized else []))
+                       "than a Bernoulli's on the same data", to_binary)
     if bern:
         return verdict("likelihood", "problem", "Bernoulli likelihood on grey-level data", ev,
                        "the recon term is a cross-entropy, not a log-likelihood: its nats are not comparable",
