@@ -151,3 +151,18 @@ def test_a_sweep_over_datasets_gives_each_job_its_datasets_likelihood(tmp_path):
     assert table.returncode == 0, table.stdout + table.stderr
     assert "dataset=shapes (its likelihood: bernoulli)" in table.stdout
     assert "dataset=cifar10 (its likelihood: logistic)" in table.stdout
+
+
+def test_train_help_names_the_datasets_that_bring_the_logistic():
+    """`vaerun train --help` states the likelihood defaults in words: they must be the YAML's."""
+    import subprocess
+
+    from conftest import VAERUN
+
+    grey = [o for o in sorted(available_options("dataset"))
+            if compose([f"dataset={o}", "dataset.path=/x"])[1]["likelihood"]["name"] == "logistic"]
+    assert grey == ["cifar10", "fashion_mnist", "image_folder"]
+    out = subprocess.run([VAERUN, "train", "--help"], capture_output=True, text=True, timeout=120)
+    sentence = " ".join(out.stdout.split()).split("The likelihood default follows the data:")[1].split("wins")[0]
+    binary, logistic = sentence.split("logistic with")
+    assert "bernoulli" in binary and "shapes" in binary and all(name in logistic for name in grey)
