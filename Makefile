@@ -30,7 +30,7 @@ test-all: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "" $(ARGS)
 
 # Speed benchmarks on MNIST (../shared/data, or DATA=...): prints a table, writes
-# benchmarks/results.json and docs/performance.md. About 10 minutes on 2 CPU cores.
+# benchmarks/results.json and docs/performance.md. About 6 minutes on 2 CPU cores (11 on the earlier, slower machine).
 DATA ?= ../shared/data
 bench: install
 	$(BIN)/python benchmarks/bench.py --data $(DATA) $(ARGS)
