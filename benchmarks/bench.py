@@ -206,6 +206,22 @@ def time_calls(fn, k: int) -> float:
     return time.perf_counter() - t
 
 
+def alternate_epochs(loops: dict, repeats: int, epochs_each: int = 1) -> tuple[dict, dict]:
+    """Examples/s of each loop (``.epoch() -> (examples, seconds)``) over ``repeats`` rounds in
+    which the loops take turns, ``epochs_each`` epochs a turn, after one warm-up epoch each
+    (first-touch allocations, thread pools, compilation): (rates per loop, warm-up seconds)."""
+    warmup = {name: loop.epoch()[1] for name, loop in loops.items()}
+    rates = {name: [] for name in loops}
+    for _ in range(repeats):
+        for name, loop in loops.items():
+            n, s = 0, 0.0
+            for _ in range(epochs_each):
+                dn, ds = loop.epoch()
+                n, s = n + dn, s + ds
+            rates[name].append(n / s)
+    return rates, warmup
+
+
 # ---------------------------------------------------------------- sections
 def conventional(root: str, repeats: int, epochs_each: int) -> dict:
     """Five contenders, alternating: the conventional loop; vaerun on the same grey levels (its
@@ -218,17 +234,7 @@ def conventional(root: str, repeats: int, epochs_each: int) -> dict:
              "vaerun_dynamic": VaerunLoop(root), "vaerun_autograd": VaerunLoop(root, ["dataset.binarize=none",
                                                                                      "fused_mlp=false"]),
              "vaerun_bf16": VaerunLoop(root, ["dataset.binarize=none", "precision=bf16"])}
-    warmup = {}
-    for name, loop in loops.items():  # warm-up (first-touch allocations, thread pools, compilation)
-        warmup[name] = loop.epoch()[1]
-    rates = {name: [] for name in loops}
-    for _ in range(repeats):
-        for name, loop in loops.items():
-            n, s = 0, 0.0
-            for _ in range(epochs_each):
-                dn, ds = loop.epoch()
-                n, s = n + dn, s + ds
-            rates[name].append(n / s)
+    rates, warmup = alternate_epochs(loops, repeats, epochs_each)
     med = {k: median(v) for k, v in rates.items()}
     return {"examples_per_sec": rates, "median": med, "ratio": med["vaerun"] / med["conventional"],
             "ratio_dynamic": med["vaerun_dynamic"] / med["conventional"],
@@ -491,13 +497,7 @@ def logistic(root: str, repeats: int) -> dict:
     extra = ["dataset.binarize=none", "likelihood=logistic"]
     loops = {"written_out": VaerunLoop(root, extra), "autograd": VaerunLoop(root, extra)}
     loops["autograd"].parts.model.likelihood.__class__ = ThroughAutograd
-    for loop in loops.values():  # warm-up
-        loop.epoch()
-    rates = {name: [] for name in loops}
-    for _ in range(repeats):
-        for name, loop in loops.items():
-            n, s = loop.epoch()
-            rates[name].append(n / s)
+    rates, _ = alternate_epochs(loops, repeats)
     return {"examples_per_sec": rates, "median": {k: median(v) for k, v in rates.items()},
             "ratio": median([a / b for a, b in zip(rates["written_out"], rates["autograd"])]),
             "params": sum(q.numel() for q in loops["written_out"].parts.model.parameters())}

@@ -190,15 +190,20 @@ class DiscretizedLogistic(Likelihood):
         rest = p[:, :, k:] if k > 1 else p
         return logit_pi, torch.tanh(rest[:, :, :k]), rest[:, :, k:].clamp(min=self.min_log_scale)
 
+    @staticmethod
+    def _standardised(xs: torch.Tensor, mu: torch.Tensor, log_s: torch.Tensor):
+        """(t+, t−, m, 1/s): the bin's upper and lower edge and its centre x' in units of the
+        scale, t± = (x' − μ ± 1/255)/s, m = (x' − μ)/s."""
+        centred, inv_s = xs - mu, torch.exp(-log_s)
+        return inv_s * (centred + 1 / 255), inv_s * (centred - 1 / 255), inv_s * centred, inv_s
+
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         logit_pi, mu, log_s = self._split(params)
         xs = (2 * x - 1).unsqueeze(2)                                   # (B, C, 1, H, W)
-        centred, inv_s = xs - mu, torch.exp(-log_s)
-        plus, minus = inv_s * (centred + 1 / 255), inv_s * (centred - 1 / 255)
+        plus, minus, mid, _ = self._standardised(xs, mu, log_s)
         log_cdf_plus = plus - F.softplus(plus)                          # log F(plus)
         log_one_minus_cdf_min = -F.softplus(minus)                      # log (1 − F(minus))
         cdf_delta = torch.sigmoid(plus) - torch.sigmoid(minus)
-        mid = inv_s * centred                                           # the bin's density approximation
         log_pdf_mid = mid - log_s - 2 * F.softplus(mid) - math.log(127.5)
         log_delta = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_pdf_mid)
         log_bin = torch.where(xs < -0.999, log_cdf_plus, torch.where(xs > 0.999, log_one_minus_cdf_min, log_delta))
@@ -219,13 +224,9 @@ class DiscretizedLogistic(Likelihood):
         log 127.5. Then ∂/∂μ = −(g+ + g− + gm)/s, ∂/∂ℓ = −(t+ g+ + t− g− + m gm) − [centre]."""
         if self.mixtures > 1:
             return super().log_prob_grad(params, x)
-        p = _per_channel(params, 2)                                     # (B, C, 2, H, W)
-        a, b = p[:, :, 0], p[:, :, 1]                                   # (B, C, H, W) each
-        mu, log_s = torch.tanh(a), b.clamp(min=self.min_log_scale)
-        inv_s = torch.exp(-log_s)
-        xs = 2 * x - 1
-        centred = xs - mu
-        plus, minus, mid = inv_s * (centred + 1 / 255), inv_s * (centred - 1 / 255), inv_s * centred
+        _, mu, log_s = self._split(params)                              # (B, C, 1, H, W) each
+        xs = (2 * x - 1).unsqueeze(2)
+        plus, minus, mid, inv_s = self._standardised(xs, mu, log_s)
         sp_plus, sp_minus, sp_mid = F.softplus(plus), F.softplus(minus), F.softplus(mid)
         s_plus, s_minus, s_mid = torch.sigmoid(plus), torch.sigmoid(minus), torch.sigmoid(mid)
         cdf_delta = s_plus - s_minus
@@ -245,10 +246,11 @@ class DiscretizedLogistic(Likelihood):
         g_plus = (1 - s_plus).mul_(low).add_(s_plus * (1 - s_plus) * by_delta)
         g_minus = (s_minus * high).add_(s_minus * (1 - s_minus) * by_delta).neg_()
         g_mid = (1 - 2 * s_mid).mul_(at_centre)
+        p = _per_channel(params, 2)                                     # (B, C, 2, H, W): raw mean, log-scale
         grad = torch.empty_like(p)
-        torch.mul((g_plus + g_minus + g_mid).mul_(inv_s), mu * mu - 1, out=grad[:, :, 0])   # ∂/∂a via tanh'
+        torch.mul((g_plus + g_minus + g_mid).mul_(inv_s), mu * mu - 1, out=grad[:, :, :1])  # ∂/∂a via tanh'
         g_log_s = (plus * g_plus).add_(minus * g_minus).add_(mid * g_mid).add_(at_centre).neg_()
-        torch.mul(g_log_s, b > self.min_log_scale, out=grad[:, :, 1])  # no gradient at or below the floor, as autograd's clamp
+        torch.mul(g_log_s, p[:, :, 1:] > self.min_log_scale, out=grad[:, :, 1:])  # no gradient at or below the floor, as autograd's clamp
         return lp.flatten(1).sum(1), grad.view_as(params)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
