@@ -216,8 +216,8 @@ class DiscretizedLogistic(Likelihood):
         """One logistic (K = 1) in closed form, differentiated as autograd differentiates
         :meth:`log_prob` (softplus's linear branch above 20, no gradient at or below the floor, only the
         chosen branch of each ``where``), in 0.6 of autograd's time at batch 128 (2.2 vs 3.6 ms on
-        2 CPU cores; the Fashion-MNIST MLP's training loop 1.15x faster, side by side); a mixture
-        goes through autograd. With a = the mean's raw output, b = the log-scale's, μ = tanh a,
+        2 CPU cores; the MNIST grey-level MLP's training loop 1.18x faster, `make bench` section
+        logistic); a mixture goes through autograd. With a = the mean's raw output, b = the log-scale's, μ = tanh a,
         ℓ = max(b, floor), 1/s = exp(−ℓ), t± = (x' − μ ± 1/255)/s and m = (x' − μ)/s:
         edge bins log σ(t+) (x = 0) and −softplus(t−) (x = 1), inner bins log(σ(t+) − σ(t−)), or
         where that difference is below 1e-5 the density at the centre, m − ℓ − 2 softplus(m) −
