@@ -243,7 +243,8 @@ class DiscretizedLogistic(Likelihood):
         lp = (plus - sp_plus).mul_(low).sub_(sp_minus * high).add_(torch.log(delta).mul_(by_delta)) \
             .add_((mid - log_s - 2 * sp_mid - math.log(127.5)).mul_(at_centre))
         by_delta = by_delta / delta
-        g_plus = (1 - s_plus).mul_(low).add_(s_plus * (1 - s_plus) * by_delta)
+        one_minus_plus = 1 - s_plus
+        g_plus = (one_minus_plus * low).add_(s_plus * one_minus_plus * by_delta)
         g_minus = (s_minus * high).add_(s_minus * (1 - s_minus) * by_delta).neg_()
         g_mid = (1 - 2 * s_mid).mul_(at_centre)
         p = _per_channel(params, 2)                                     # (B, C, 2, H, W): raw mean, log-scale
