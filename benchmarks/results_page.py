@@ -11,7 +11,9 @@ Runs are sorted by the ``experiment=`` preset they were started with:
 - ``shapes_beta_sweep`` (``vaerun train -m experiment=shapes_beta_sweep``): one point per β;
 - ``fashion_mnist_conv_gaussian``, with or without a ``likelihood=`` override: one column of
   sample and reconstruction grids per likelihood.
-Pictures go to ``images/results/`` beside the page.
+Pictures go to ``images/results/`` beside the page. A section none of whose runs are given is
+kept from the page as last written (``--fresh``: left out), so one section can be regenerated
+alone.
 """
 from __future__ import annotations
 
@@ -114,7 +116,8 @@ def likelihood_rows(paths: list[str]) -> list[dict]:
             continue
         lk = cfg["likelihood"]
         out.append({"likelihood": lk["name"], "learn_sigma": lk.get("learn_sigma"), "mixtures": lk.get("mixtures"),
-                    "bpd": v["bpd"], "bpd_iw": v.get("bpd_iw"), "iw_samples": v.get("iw_samples"),
+                    "bpd": v.get("bpd"), "bpd_iw": v.get("bpd_iw"), "bpd_density": v.get("bpd_density"),
+                    "iw_samples": v.get("iw_samples"),
                     "iw_n": v.get("iw_n"), "elbo": v["elbo"], "kl": v["kl"], "active_units": v["active_units"],
                     "latent_dim": len(v["kl_per_dim"]), "epochs": cfg["epochs"], "status": summary.get("status"),
                     "train_wall_min": (summary.get("wall_time_s") or 0) / 60, "samples": samples[-1],
@@ -190,24 +193,26 @@ def likelihood_section(liks: list[dict]) -> list[str]:
         return []
     lines = ["", "## Likelihoods on Fashion-MNIST: the blur difference", "",
              f"`vaerun train experiment={LIKELIHOODS} dataset.root=../shared/data [likelihood=...]`: the same conv "
-             "VAE on 8-bit grey levels with each likelihood (each run's overrides in the table). Bits/dim from "
-             "the validation ELBO (and from the importance-weighted bound on the first validation images). Only "
-             "the discretized logistic's bits/dim is an exact code length for 8-bit images: the Gaussian and the "
-             "continuous Bernoulli are densities on [0, 1], whose bits/dim (log 256 per pixel added) bounds a "
-             "code length only for dequantized data, and on the 256 discrete levels a density can grow without "
-             "limit, so their numbers are not comparable with the logistic's (see README \"Metrics\"); the "
-             "pictures are the comparison. Sample grids show each "
-             "likelihood's mean decoded from prior draws; reconstructions pair inputs (odd rows) with their "
-             "decoded posterior means (even rows).", "",
-             "| likelihood | val bits/dim (ELBO) | val bits/dim (IW) | KL | active units | epochs | train time | "
-             "overrides | run |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "VAE on 8-bit grey levels with each likelihood (each run's overrides in the table). Bits/dim is a code "
+             "length for every row: from the validation ELBO (and from the importance-weighted bound on the first "
+             "validation images) with p(x|z) taken as a probability mass of the 256 levels. The discretized "
+             "logistic is one; for the Gaussian and the continuous Bernoulli, densities on [0, 1], it is the mass "
+             "of each level's bin v/255 ± ½/255 under the density (the edge bins take the tails), so the column "
+             "compares across likelihoods. `bpd_density` is a density's own −ELBO/(D ln 2) + 8: a code length "
+             "only for uniformly dequantized data, not for these levels, where a density can grow without limit "
+             "(most Fashion-MNIST pixels are 0), so it is not comparable with anything (README \"Metrics\"). "
+             "Sample grids show each likelihood's mean decoded from prior draws; reconstructions pair inputs "
+             "(odd rows) with their decoded posterior means (even rows).", "",
+             "| likelihood | val bits/dim (ELBO) | val bits/dim (IW) | bpd_density (not a code length) | KL | "
+             "active units | epochs | train time | overrides | run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in liks:
         name = r["likelihood"] + (f" (σ {r['learn_sigma']})" if r["likelihood"] == "gaussian" else "") + \
             (f" ({r['mixtures']} component{'s' if r['mixtures'] != 1 else ''})" if r["likelihood"] == "logistic"
              else "")
         iw = "—" if r["bpd_iw"] is None else f"{r['bpd_iw']:.4f} (K={r['iw_samples']}, {r['iw_n']} images)"
-        lines.append(f"| {name} | {r['bpd']:.4f} | {iw} | {r['kl']:.2f} | {r['active_units']}/{r['latent_dim']} | "
+        dens = "—" if r["bpd_density"] is None else f"{r['bpd_density']:.4f}"
+        lines.append(f"| {name} | {r['bpd']:.4f} | {iw} | {dens} | {r['kl']:.2f} | {r['active_units']}/{r['latent_dim']} | "
                      f"{r['epochs']} | {r['train_wall_min']:.1f} min | `{' '.join(r['overrides'])}` | `{r['run']}` |")
     if all("samples_png" in r for r in liks):
         lines += ["", "| " + " | ".join(r["likelihood"] for r in liks) + " |",
@@ -240,10 +245,42 @@ def page(table: list[dict], sweep: list[dict] = (), liks: list[dict] = ()) -> st
     return "\n".join(lines)
 
 
+def merged(table: list[dict], sweep: list[dict], liks: list[dict], previous: str) -> str:
+    """:func:`page`, with each section whose runs were not given carried from ``previous``."""
+    text = page(table, sweep, liks)
+    if not previous:
+        return text
+    head, *_ = text.split("\n## ", 1)
+    sections = {"Reproductions": None, "β sweep on shapes: rate–distortion and disentanglement": sweep,
+                "Likelihoods on Fashion-MNIST: the blur difference": liks}
+    out = head.split("\n")
+    for title, rows_ in sections.items():
+        if title == "Reproductions":
+            body = carried(text, title) if table else carried(previous, title)
+        else:
+            body = carried(text, title) if rows_ else carried(previous, title)
+        out += body
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def carried(previous: str, title: str) -> list[str]:
+    """The section ``## title`` of the page as last written (its lines up to the next ``## ``),
+    for a section none of whose runs were given: regenerating one section keeps the others."""
+    lines = previous.splitlines()
+    try:
+        start = lines.index(f"## {title}")
+    except ValueError:
+        return []
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return ["", *lines[start:end]]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "results.md"))
+    ap.add_argument("--fresh", action="store_true", help="write only the sections of the given runs (otherwise "
+                    "a section none of whose runs are given is kept from the page as last written)")
     a = ap.parse_args()
     table, sweep, liks = rows(a.paths), sweep_rows(a.paths), likelihood_rows(a.paths)
     if not (table or sweep or liks):
@@ -252,7 +289,8 @@ def main() -> int:
         return 2
     out = Path(a.out)
     write_pictures(sweep, liks, out.parent / "images" / "results")
-    out.write_text(page(table, sweep, liks))
+    previous = out.read_text() if out.exists() and not a.fresh else ""
+    out.write_text(merged(table, sweep, liks, previous))
     print(f"wrote {out} ({len(table)} reproductions, {len(sweep)} sweep runs, {len(liks)} likelihood runs)")
     return 0
 

@@ -23,7 +23,8 @@ TINY = ["dataset.num_examples=240", "dataset.val_size=40", "dataset.test_size=40
 
 TRAIN_KEYS = {"step", "epoch", "split", "loss", "recon", "kl", "elbo", "beta", "kl_per_dim", "lr", "grad_norm", "time"}
 VAL_KEYS = {"step", "epoch", "split", "loss", "recon", "kl", "elbo", "beta", "kl_per_dim", "time", "active_units",
-            "au_variance", "mi", "aggregate_kl", "aggregate_kl_full", "bpd", "nll_iw", "bpd_iw", "grad_norm_recon_enc", "grad_norm_kl_enc"}
+            "au_variance", "mi", "mi_n", "mi_ceiling", "mi_noise", "aggregate_kl", "aggregate_kl_full", "bpd", "nll_iw",
+            "bpd_iw", "grad_norm_recon_enc", "grad_norm_kl_enc"}
 
 
 def pytest_configure(config):

@@ -38,7 +38,9 @@ def test_a_collapsed_run_is_diagnosed_as_full_collapse(tmp_path):
     c = checks(report)["posterior_collapse"]
     assert report["overall"] == "problem" and c["status"] == "problem" and "full collapse" in c["verdict"]
     assert c["evidence"]["active_units"] == 0 and len(c["evidence"]["collapsed_dims"]) == 4
-    assert c["evidence"]["shuffle_penalty"] < 1.0                        # the decoder ignores z
+    # the decoder ignores z: shuffling it changes the reconstruction by noise only (on these 200
+    # images about 1 nat of 76 even at β = 100, KL 0.001 nats; a healthy run's is above 10)
+    assert abs(c["evidence"]["shuffle_penalty"]) < 0.03 * c["evidence"]["recon_posterior"]
     assert any("beta=1" in s for s in c["next_steps"])
     assert checks(report)["imbalance"]["status"] == "problem"            # KL dominates at β = 30
     assert run.read_summary()["diagnosis"]["checks"]["posterior_collapse"] == "problem"

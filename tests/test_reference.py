@@ -62,8 +62,10 @@ def reference_losses(cfg, steps: int, warmup: int) -> list[dict]:
     # bf16 matrix products: ~3 significant digits per product. The KL near the prior (0.01-0.09 nats
     # here) is a difference of nearly equal terms, σ² − 1 − log σ² ≈ (log σ²)²/2, so a bf16 error in
     # log σ² shows doubled and relative, and compounds over the steps: 2.1 % (0.0019 nats) by step 14
-    # on an AMX CPU (oneDNN's bf16 kernels) while loss and recon stay within 2.5e-4
-    ("conv", ["precision=bf16"], 2e-2, 3e-3),
+    # on an AMX CPU (oneDNN's bf16 kernels) while loss and recon stay within 2.5e-4; on the shapes
+    # images drawn without held-out duplicates, 5.3 % (0.0064 nats of 0.12) by step 13 with one
+    # thread per test worker
+    ("conv", ["precision=bf16"], 2e-2, 1e-2),
 ])
 def test_loss_trajectory_matches_a_plain_reference_loop(tmp_path, model, options, rel, kl_abs):
     steps, warmup = 14, 5

@@ -38,7 +38,7 @@ def test_aggressive_training_runs_inner_encoder_updates_then_switches_off(tmp_pa
     import vaerun.metrics
 
     mi_values = itertools.chain([1.0, 2.0, 1.5], itertools.repeat(0.1))  # rises once, then falls
-    monkeypatch.setattr(vaerun.metrics, "mutual_information", lambda mu, logvar: next(mi_values))
+    monkeypatch.setattr(vaerun.metrics, "mutual_information", lambda mu, logvar, **_: next(mi_values))
     cfg, resolved = compose([*TINY, *QUIET, "aggressive.enabled=true", "aggressive.max_inner=6",
                              "aggressive.check_every=2", "max_steps=30", "log_every=1", "eval_every=100"])
     summary = train(cfg, RunFolder(tmp_path / "run"), resolved)

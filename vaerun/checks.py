@@ -11,7 +11,7 @@ import torch
 from vaerun.data import Data
 from vaerun.likelihoods import Bernoulli, ContinuousBernoulli, DiscretizedLogistic, Gaussian
 from vaerun.models.vae import VAE
-from vaerun.objectives import elbo_terms, kl_penalty
+from vaerun.objectives import elbo_terms, kl_penalty, training_loss
 
 log = logging.getLogger("vaerun")
 
@@ -51,6 +51,13 @@ def audit(model: VAE, data: Data, batch_size: int, beta0: float, beta: float, fr
                      f"mass over the 256 grey levels where the data take two, and reaches them only with its "
                      f"mean pressed against ±1 and a small scale, so it trains far worse than a Bernoulli (the "
                      f"default shapes run: ELBO -481.0 against -59.7 nats) (fix: {to_binary})")
+    saturated = data.saturated_share()
+    if not binary and lik.continuous and saturated > 0.5:
+        notes.append(f"density on pixels piled at 0 and 255 ({type(lik).__name__} on {data.name}: "
+                     f"{100 * saturated:.1f} % of the training pixels): at those two levels a density can grow "
+                     f"without bound as the model sharpens, so its nats and bits/dim (bpd_density) flatter it; "
+                     f"only bpd, the mass of each level's bin, is a code length (fix: likelihood=logistic, a mass "
+                     f"on the 256 levels)")
     if isinstance(lik, Gaussian) and lik.learn_sigma == "none":
         sigma, spread = float(lik.sigma().max()), float(x.std())
         if sigma > 0.5 * spread:
@@ -73,6 +80,7 @@ def audit(model: VAE, data: Data, batch_size: int, beta0: float, beta: float, fr
            "kl_per_latent_dim": kl / latent, "beta_start": beta0, "beta": beta, "free_bits": free_bits,
            "free_bits_floor": free_bits * latent, "weighted_kl": beta0 * kl_penalty(t.kl_per_dim, free_bits).item(),
            "data_min": float(x.min()), "data_max": float(x.max()), "data_mean": float(x.mean()), "binary": binary,
+           "saturated_share": saturated,
            "likelihood": type(lik).__name__.lower(), "notes": notes}
     if final_beta is not None:
         rec["final_beta"] = final_beta
@@ -89,12 +97,16 @@ def unfinished_schedule(final_beta: float, beta: float, beta_start: float) -> bo
     return abs(final_beta - beta) > 0.01 * max(abs(beta), abs(beta_start), 1e-12)
 
 
-def term_grad_norms(model: VAE, x: torch.Tensor, beta: float, free_bits: float) -> dict:
-    """How hard each term pulls on the encoder: ‖∂recon/∂φ‖ and ‖∂(β·KL)/∂φ‖ on batch x."""
+def term_grad_norms(model: VAE, x: torch.Tensor, beta: float, free_bits: float,
+                    capacity: Optional[tuple[float, float]] = None) -> dict:
+    """How hard each term of the objective pulls on the encoder on batch x: ‖∂recon/∂φ‖ and the
+    norm of the rest of :func:`training_loss`'s gradient (β·KL with free bits, or β·γ|KL − C|
+    with ``capacity`` = (γ, C))."""
     params = [p for p in model.encoder.parameters() if p.requires_grad]
     t = elbo_terms(model, x)
-    g_rec = torch.autograd.grad(t.recon.mean(), params, retain_graph=True, allow_unused=True)
-    g_kl = torch.autograd.grad(beta * kl_penalty(t.kl_per_dim, free_bits), params, allow_unused=True)
+    recon = t.recon.mean()
+    g_rec = torch.autograd.grad(recon, params, retain_graph=True, allow_unused=True)
+    g_kl = torch.autograd.grad(training_loss(t, beta, free_bits, capacity) - recon, params, allow_unused=True)
 
     def norm(grads) -> float:
         return math.sqrt(sum(float(g.double().square().sum()) for g in grads if g is not None))

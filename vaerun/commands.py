@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Optional
 
@@ -82,12 +83,13 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--iw-samples", "-k", type=int, default=1000, help="K importance samples per example (default 1000)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test",
                    help="test (default), val, or train: beside val, the generalization gap (overfitting)")
-    p.add_argument("--batch-size", type=int, default=100, help="examples per batch (each decodes up to 64·B rows)")
+    p.add_argument("--batch-size", type=int, help="examples per batch of the ELBO pass (default: the run's "
+                   "eval_batch_size); the numbers do not depend on it")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--seed", type=int, help="seed of binarization and Monte Carlo draws (default: the run's seed)")
     a = p.parse_args(argv)
-    if a.iw_samples < 1 or a.batch_size < 1:
+    if a.iw_samples < 1 or (a.batch_size is not None and a.batch_size < 1):
         p.error("--iw-samples and --batch-size must be positive")
     runs = _runs_under(a.run)
     if runs:
@@ -145,18 +147,35 @@ def _evaluate_one(path: str, a) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("unit")
-    d = len(res["kl_per_dim"])
-    for name, value, unit in [("nll_iw", res["nll_iw"], f"nats/example, K={a.iw_samples}"),
-                              ("−elbo", -res["elbo"], "nats/example (K=1 bound)"), ("recon", res["recon"], "nats/example"),
-                              ("kl", res["kl"], "nats/example"), ("bpd_iw", res["bpd_iw"], "bits/dim"),
-                              ("active_units", res["active_units"], f"of {d} dims"), ("mi", res["mi"], "nats"),
-                              ("aggregate_kl", res["aggregate_kl"], "nats")]:
+    for name, value, unit in eval_rows(res):
         table.add_row(name, f"{value:.3f}" if isinstance(value, float) else str(value), unit)
     if res.get("mig") is not None:
         per = ", ".join(f"{k} {v:.2f}" for k, v in res["mig_per_factor"].items())
         table.add_row("mig", f"{res['mig']:.3f}", f"0..1, mutual information gap ({per})")
     _console().print(table)
     print(f"wrote {run.folder.path / 'eval.json'} ({res['seconds']:.1f}s)")
+
+
+def eval_rows(res: dict) -> list[tuple[str, object, str]]:
+    """(metric, value, unit) rows of `vaerun eval`'s table for an :func:`vaerun.train.evaluate`
+    result: each bits/dim figure says whether it is a code length, and the MI its sample and ceiling."""
+    k, d = res["iw_samples"], len(res["kl_per_dim"])
+    rows = [("nll_iw", res["nll_iw"], f"nats/example, K={k}"), ("−elbo", -res["elbo"], "nats/example (K=1 bound)"),
+            ("recon", res["recon"], "nats/example"), ("kl", res["kl"], "nats/example")]
+    if "bpd_density_iw" in res:   # a density: the code length from its bins' mass, the density's figure labelled
+        rows += [("bpd_iw", res["bpd_iw"], f"bits/dim, code length: each 8-bit level's bin mass (K={k})"),
+                 ("bpd_density_iw", res["bpd_density_iw"], "bits/dim of the density + 8: not a code length, "
+                                                           "not comparable with a mass's bpd")]
+    elif "bpd_xent_iw" in res:    # a Bernoulli on grey levels
+        rows.append(("bpd_xent_iw", res["bpd_xent_iw"], "bits/dim of a cross-entropy on grey levels: not a code length"))
+    else:
+        rows.append(("bpd_iw", res["bpd_iw"], f"bits/dim, code length (K={k})"))
+    n = res.get("mi_n")
+    rows += [("active_units", res["active_units"], f"of {d} dims"),
+             ("mi", res["mi"], "nats" + (f", from {n} examples: ceiling log {n} = {math.log(n):.2f}, "
+                                         f"noise ±{res['mi_noise']:.2f}" if n else "")),
+             ("aggregate_kl", res["aggregate_kl"], "nats")]
+    return rows
 
 
 def diagnose_run(run, checkpoint: str = "last") -> dict:

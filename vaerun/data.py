@@ -6,6 +6,7 @@ per-sample Python runs on the training path.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -81,24 +82,34 @@ class Data:
         x = self.train.images
         return bool(((x == 0) | (x == 255)).all())
 
-    def prepare(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """uint8 (B, C, H, W) -> float32 in [0, 1]; a fresh Bernoulli draw per pixel when dynamic.
+    def saturated_share(self) -> float:
+        """The share of training pixels at exactly 0 or 255 (before dynamic binarization): where
+        a density on [0, 1] meets pixels piled on its two ends (MNIST: 81.6 %)."""
+        x = self.train.images
+        return float(((x == 0) | (x == 255)).sum()) / max(1, x.numel())
+
+    def prepare(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
+                noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> float32 in [0, 1]; a fresh Bernoulli draw per pixel when dynamic
+        (``noise``: that draw's uniforms given, :meth:`binarization_noise`).
 
         Dynamic binarization draws x = 1 with probability v/255 exactly, as U < v for U uniform
         on the 255 integers 0..254, all in uint8: a third of the cost of ``torch.bernoulli`` on
         the scaled floats (the largest per-step overhead of an MNIST MLP step on a CPU)."""
         if self.binarize == "dynamic":
-            u = torch.randint(0, 255, images.shape, dtype=torch.uint8, generator=generator, device=images.device)
+            u = self.binarization_noise(images.shape, generator, images.device) if noise is None else noise
             return (u < images).float()                                 # (B, C, H, W) in {0, 1}
         return torch.div(images, 255.0)                                 # (B, C, H, W) float32, one pass
 
-    def batches(self, split: str, batch_size: int, generator: Optional[torch.Generator] = None) -> Iterator[torch.Tensor]:
-        """Yields prepared float batches of one split, in order (evaluation); ``generator`` drives
-        dynamic binarization. Training order comes from :meth:`train_epoch`."""
-        images = self.split(split).images
-        for start in range(0, images.shape[0], batch_size):
-            yield self.prepare(images[start:start + batch_size], generator)
-
+    def binarization_noise(self, shape: torch.Size, generator: Optional[torch.Generator] = None,
+                           device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
+        """The uniforms of one dynamic binarization of images of ``shape`` (uint8 in 0..254), or
+        None when the data are not dynamically binarized. Evaluation draws a whole split's at
+        once, so its binarization does not depend on the batch size."""
+        if self.binarize != "dynamic":
+            return None
+        device = device if device is not None else self.train.images.device
+        return torch.randint(0, 255, shape, dtype=torch.uint8, generator=generator, device=device)
 
     def train_epoch(self, batch_size: int, order: torch.Generator, skip: int = 0) -> Iterator[torch.Tensor]:
         """One shuffled pass over the training split as uint8 batches; the permutation is drawn
@@ -116,14 +127,16 @@ def default_root() -> str:
 
 
 # ---------------------------------------------------------------- shapes (dSprites-like)
-def make_shapes(n: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Renders ``n`` binary shapes with random factors, deterministically from ``seed``.
+def make_shapes(n: int, image_size: int, seed: int, generator: Optional[torch.Generator] = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Renders ``n`` binary shapes with random factors, deterministically from ``seed`` (or
+    from ``generator``'s state, which it advances).
 
     Returns uint8 images (n, 1, S, S) in {0, 255} and float factors (n, 5): shape id
     (0 square, 1 ellipse, 2 heart), scale in [0.6, 1], rotation in [0, 2π), x and y centre in
     [0.35, 0.65] of the image. Like dSprites, every factor is drawn from a small grid of values.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
     shape = torch.randint(0, 3, (n,), generator=g)
     scale = torch.linspace(0.6, 1.0, 6)[torch.randint(0, 6, (n,), generator=g)]
     rotation = (2 * math.pi / 40) * torch.randint(0, 40, (n,), generator=g)
@@ -138,6 +151,34 @@ def make_shapes(n: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch
         sl = slice(start, start + 4096)
         images[sl, 0] = _render(shape[sl], scale[sl], rotation[sl], cx[sl], cy[sl], px, py)
     return images, factors
+
+
+def shapes_splits(sizes: Sequence[int], image_size: int, seed: int) -> list["Split"]:
+    """Splits of ``sizes`` examples (train, val, test) of :func:`make_shapes`, none of whose
+    held-out images is pixel for pixel a training image.
+
+    Draws from the factor grid repeat, and distinct factors can render alike (a square turned
+    by 90°, an ellipse by 180°, small turns at low resolution): drawn per split independently,
+    about a fifth of the held-out images were training images. Here each image goes to the
+    split its bytes' hash picks (in proportion to ``sizes``), so equal images always share a
+    split; draws for a split already full are dropped, and more are rendered until all are full."""
+    import hashlib
+
+    g = torch.Generator().manual_seed(seed)
+    total = sum(sizes)
+    edges = torch.tensor(list(itertools.accumulate(sizes)), dtype=torch.float64) / total   # (S,) cumulative shares
+    images, factors, picks = [], [], []
+    while not picks or any(len(p) < n for p, n in zip(picks, sizes)):
+        imgs, facs = make_shapes(total, image_size, seed, generator=g)
+        images.append(imgs)
+        factors.append(facs)
+        all_images = torch.cat(images)
+        keys = torch.tensor([int.from_bytes(hashlib.blake2b(img.tobytes(), digest_size=6).digest(), "little")
+                             for img in all_images.numpy()], dtype=torch.float64) / 2 ** 48   # (N,) in [0, 1)
+        split = torch.searchsorted(edges, keys, right=True)                                   # (N,)
+        picks = [torch.nonzero(split == k).flatten()[:n] for k, n in enumerate(sizes)]
+    all_factors = torch.cat(factors)
+    return [Split(all_images[p], all_factors[p]) for p in picks]
 
 
 def _render(shape, scale, rotation, cx, cy, px, py) -> torch.Tensor:
@@ -346,8 +387,7 @@ def load_data(name: str, *, root: Optional[str] = None, path: Optional[str] = No
     root, path = (os.path.expanduser(p) if p else p for p in (root, path))
     label_names: Sequence[str] = ()
     if name == "shapes":
-        images, factors = make_shapes(num_examples + test_size, image_size, seed)
-        train, val, test = _carve(Split(images, factors), [num_examples - val_size, val_size, test_size])
+        train, val, test = shapes_splits([num_examples - val_size, val_size, test_size], image_size, seed)
         label_names = SHAPES_FACTORS
     elif name in ("mnist", "fashion_mnist", "cifar10"):
         full, test = _load_torchvision(name, root or default_root(), download)

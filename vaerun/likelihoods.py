@@ -22,15 +22,31 @@ def _per_channel(params: torch.Tensor, k: int) -> torch.Tensor:
     return params.view(b, ck // k, k, h, w)  # (B, C, K, H, W)
 
 
+def level_bins(x: torch.Tensor, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bin of each 8-bit level x = v/255: [x − ½/255, x + ½/255], the two edge bins reaching
+    out to the support's ends ``low`` and ``high`` (e.g. ±inf), so that the 256 bins partition it
+    and a density's bin masses sum to 1 (as the discretized logistic's edge bins take its tails)."""
+    half = 0.5 / 255
+    lower = torch.where(x <= half, torch.full_like(x, low), x - half)
+    upper = torch.where(x >= 1 - half, torch.full_like(x, high), x + half)
+    return lower, upper
+
+
 class Likelihood(nn.Module):
     """Base class; subclasses may own learned parameters (e.g. a global σ)."""
 
     params_per_channel: int = 1
-    continuous: bool = False  # a density on [0, 1] (bits/dim then convert to the 256 levels), not a mass
+    continuous: bool = False  # a density on [0, 1] (its log_prob is not a code length), not a mass
     unit_gradient: bool = False  # |d log_prob / d params| ≤ 1 per entry for every x in [0, 1] (models/fused.py)
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # (B,) nats
         raise NotImplementedError
+
+    def log_mass(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log P(x|z) of 8-bit data x = v/255 as a probability mass on the 256 levels, (B,) nats,
+        summed over dimensions: what bits/dim is an honest code length of. A mass likelihood's
+        own ``log_prob``; a density integrates over each level's bin (:func:`level_bins`)."""
+        return self.log_prob(params, x)
 
     def log_prob_grad(self, params: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log_prob (B,), d log_prob_b / d params (B, C*K, H, W)), without a graph kept: for a
@@ -109,6 +125,20 @@ class Gaussian(Likelihood):
         lp = -0.5 * z.square() - log_sigma - _HALF_LOG_2PI            # (B, C, H, W)
         return lp.flatten(1).sum(1)
 
+    def log_mass(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log ∫ over each level's bin of N(μ, σ²): log(Φ(b) − Φ(a)) with a, b the bin's edges
+        in units of σ, the edge bins taking the tails; computed on the side of the mean where
+        the difference does not cancel (Φ(b) − Φ(a) = Φ(−a) − Φ(−b))."""
+        mu, log_sigma = self._mean_logsigma(params)
+        lower, upper = level_bins(x, -math.inf, math.inf)
+        inv = torch.exp(-log_sigma)
+        a, b = (lower - mu) * inv, (upper - mu) * inv                   # (B, C, H, W), a < b
+        flip = a > 0                                                     # both edges above the mean
+        a, b = torch.where(flip, -b, a), torch.where(flip, -a, b)
+        log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
+        lp = log_b + torch.log(-torch.expm1((log_a - log_b).clamp(max=-1e-12)))
+        return lp.flatten(1).sum(1)
+
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return self._mean_logsigma(params)[0]
 
@@ -127,7 +157,7 @@ class ContinuousBernoulli(Likelihood):
     Bernoulli's kernel made a proper density on grey levels by its normalising constant. With the
     decoder's logit η (λ = sigmoid(η)): C = η / tanh(η/2) (2 at η = 0), mean 1/(1 − e^−η) − 1/η,
     CDF (e^{ηx} − 1)/(e^η − 1). Near η = 0 the closed forms cancel, so Taylor series take over. A
-    density on [0, 1]: bits/dim use the 256-level conversion, like the Gaussian."""
+    density on [0, 1]: its code length for 8-bit data is :meth:`log_mass`, like the Gaussian's."""
 
     params_per_channel = 1
     continuous = True
@@ -144,6 +174,19 @@ class ContinuousBernoulli(Likelihood):
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         lp = x * params - F.softplus(params) + self.log_norm(params)      # (B, C, H, W)
+        return lp.flatten(1).sum(1)
+
+    def log_mass(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log ∫ over each level's bin [a, b] ⊂ [0, 1] of the density: with the CDF above,
+        (e^{ηb} − e^{ηa}) / (e^η − 1). For η > 0 its log is η(b − 1) + log(1 − e^{−η(b−a)}) −
+        log(1 − e^{−η}); η < 0 is the same on the mirrored bin (x → 1 − x, η → −η). |η| is kept
+        at least 1e-6 (the mass's error there is below 1e-6 relative)."""
+        lower, upper = level_bins(x, 0.0, 1.0)
+        pos = params >= 0
+        eta = params.abs().clamp(min=1e-6)
+        b = torch.where(pos, upper, 1 - lower)                           # the bin's upper edge, mirrored for η < 0
+        width = upper - lower
+        lp = eta * (b - 1) + torch.log(-torch.expm1(-eta * width)) - torch.log(-torch.expm1(-eta))
         return lp.flatten(1).sum(1)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:

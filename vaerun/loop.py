@@ -375,12 +375,13 @@ class Trainer:
     def _evaluate(self, beta: float) -> None:
         t, s, p, dg = time.time(), self.state, self.parts, self.cfg.diagnostics
         with p.evaluated():
+            cap = p.capacity_at(s.step - 1)  # the objective the last step trained on
             v = evaluate(p.model, p.data, "val", self.cfg.eval_batch_size, beta=beta, free_bits=self.cfg.free_bits,
-                         seed=self.cfg.seed, au_threshold=dg.au_threshold, mi_examples=dg.mi_examples,
+                         capacity=cap, seed=self.cfg.seed, au_threshold=dg.au_threshold, mi_examples=dg.mi_examples,
                          iw_samples=dg.iw_samples, iw_examples=dg.iw_examples)
         if dg.grad_norms:
             x = p.data.prepare(p.data.val.images[:self.cfg.batch_size], torch.Generator(p.device).manual_seed(1))
-            v.update(term_grad_norms(p.model, x, beta, self.cfg.free_bits))
+            v.update(term_grad_norms(p.model, x, beta, self.cfg.free_bits, cap))
         v.update(step=s.step, epoch=round(s.step / p.steps_per_epoch, 4), split="val", beta=beta, time=t - self.t0)
         self.watch.check(s.step, v["kl_per_dim"])
         is_best = v["elbo"] > s.best_elbo

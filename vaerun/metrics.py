@@ -4,10 +4,13 @@
   A_d exceeds a threshold (0.01).
 - mutual information I(x; z) under q (Hoffman & Johnson 2016; the estimator of He et al. 2019,
   `calc_mi`): E_x E_q(z|x)[log q(z|x) − log q(z)], with q(z) the aggregate posterior over a set of
-  examples. It cannot exceed log N for N examples.
+  examples. It cannot exceed log N for N examples, and its sampling noise is about √(D / 2N) nats.
 - importance-weighted bound (Burda et al. 2015, eq. 8): log p(x) ≥ log (1/K) Σ_k p(x, z_k) / q(z_k|x),
   z_k ~ q(z|x); it tightens as K grows, and K = 1 is the ELBO.
 - bits per dimension: a negative log-likelihood in nats divided by (number of data dims × ln 2).
+  It is a code length only for a probability mass of the data (a Bernoulli on binary pixels, a
+  likelihood on the 256 levels); a density is first integrated over each level's bin
+  (:meth:`Likelihood.log_mass`).
 """
 from __future__ import annotations
 
@@ -32,28 +35,41 @@ def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torc
     return -0.5 * (LOG_2PI + logvar + (z - mu).square() * torch.exp(-logvar)).sum(-1)
 
 
-def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, chunk: int = 256) -> float:
+def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, chunk: int = 256,
+                       generator: Optional[torch.Generator] = None) -> float:
     """I(x; z) under q from posteriors (N, D) of N examples: one z per example, log q(z) by the
     aggregate of all N posteriors (log-mean-exp). O(N² D), done in chunks of ``chunk`` rows.
 
-    As He et al. (2019) compute it: E_q log q(z|x) in closed form. Its ceiling is log N (fully
-    separated posteriors), up to that term's sampling noise, √(D / 2N) nats."""
+    As He et al. (2019) compute it: E_q log q(z|x) in closed form. Not clamped at 0: a clamp
+    would bias the estimate upward where the true value is 0. Its ceiling is log N (fully
+    separated posteriors); its sampling noise is :func:`mi_noise` nats."""
     n, d = mu.shape
     mu, logvar = mu.double(), logvar.double()
     neg_entropy = (-0.5 * d * LOG_2PI - 0.5 * (1 + logvar).sum(-1)).mean()  # E_x E_q log q(z|x)
-    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)                  # (N, D)
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    z = mu + torch.exp(0.5 * logvar) * eps                                   # (N, D)
     log_qz = []
     for start in range(0, n, chunk):
         zc = z[start:start + chunk, None, :]                                 # (c, 1, D)
         log_q = _log_normal(zc, mu[None], logvar[None])                      # (c, N)
         log_qz.append(torch.logsumexp(log_q, dim=1) - math.log(n))
-    return max(0.0, float(neg_entropy - torch.cat(log_qz).mean()))  # the estimate can dip below 0
+    return float(neg_entropy - torch.cat(log_qz).mean())
 
 
-def log_weights(model: VAE, x: torch.Tensor, k: int, chunk: int = 64) -> torch.Tensor:
+def mi_noise(n: int, d: int) -> float:
+    """The standard deviation of :func:`mutual_information` over its draws where the posteriors
+    are alike (true I = 0): √(D / 2N) nats, the spread of the mean of N draws of −log q(z|x),
+    each ½χ²_D plus a constant (variance D/2). Values within a few of it are no evidence of
+    information."""
+    return math.sqrt(d / (2 * n))
+
+
+def log_weights(model: VAE, x: torch.Tensor, k: int, chunk: int = 64, mass: bool = False) -> torch.Tensor:
     """log p(x, z_k) − log q(z_k | x) for k samples per example: (B, K) nats. Draws ``chunk``
     samples per example at a time and decodes their B·chunk rows in pieces that stay within
-    the decoder's memory bound (:meth:`VAE.decode_pieces`)."""
+    the decoder's memory bound (:meth:`VAE.decode_pieces`). ``mass``: also the weights with
+    p(x|z) as the mass of x's 256 levels (:meth:`Likelihood.log_mass`), from the same draws:
+    then (2, B, K), the likelihood's own first."""
     mu, logvar = model.encode(x)                                             # (B, D)
     b = x.shape[0]
     out = []
@@ -65,24 +81,25 @@ def log_weights(model: VAE, x: torch.Tensor, k: int, chunk: int = 64) -> torch.T
         log_pz = -0.5 * (LOG_2PI + z.square()).sum(-1)                       # (kc, B)
         xr = x.expand(kc, *x.shape).reshape(kc * b, *x.shape[1:])            # (kc·B, C, H, W)
         params = model.decode_pieces(z.reshape(kc * b, -1), xr)
-        log_px = model.likelihood.log_prob(params, xr).view(kc, b)          # (kc, B)
-        out.append((log_px + log_pz - log_q).T)                              # (B, kc)
-    return torch.cat(out, dim=1)
+        log_px = [model.likelihood.log_prob(params, xr).view(kc, b)]        # (kc, B)
+        if mass:
+            log_px.append(model.likelihood.log_mass(params, xr).view(kc, b))
+        out.append(torch.stack([(lp + log_pz - log_q).T for lp in log_px]))  # (1 or 2, B, kc)
+    lw = torch.cat(out, dim=2)
+    return lw if mass else lw[0]
 
 
-def iw_log_likelihood(model: VAE, x: torch.Tensor, k: int, chunk: int = 64) -> torch.Tensor:
+def iw_log_likelihood(model: VAE, x: torch.Tensor, k: int, chunk: int = 64, mass: bool = False) -> torch.Tensor:
     """The K-sample importance-weighted estimate of log p(x): (B,) nats (a lower bound in
-    expectation; −log p(x) estimates are its negation)."""
-    lw = log_weights(model, x, k, chunk)
-    return torch.logsumexp(lw.double(), dim=1) - math.log(k)
+    expectation; −log p(x) estimates are its negation). ``mass``: (2, B), the second under
+    the 256-level mass (:func:`log_weights`)."""
+    lw = log_weights(model, x, k, chunk, mass)
+    return torch.logsumexp(lw.double(), dim=-1) - math.log(k)
 
 
-def bits_per_dim(nll_nats: float, num_dims: int, continuous: bool = False) -> float:
-    """nats per example -> bits per dimension. ``continuous``: the likelihood is a density on
-    [0, 1] data made from 8-bit values, so D·log 256 converts it to a mass on the 256 levels
-    (exact for uniformly dequantized data; otherwise an approximation)."""
-    if continuous:
-        nll_nats = nll_nats + num_dims * math.log(256)
+def bits_per_dim(nll_nats: float, num_dims: int) -> float:
+    """nats per example -> bits per dimension, nll / (D ln 2). An honest code length only when
+    the nats are those of a probability mass of the data (see the module docstring)."""
     return nll_nats / (num_dims * math.log(2))
 
 

@@ -21,6 +21,7 @@ class Terms:
     kl_per_dim: torch.Tensor  # (B, D) nats
     mu: torch.Tensor          # (B, D)
     logvar: torch.Tensor      # (B, D)
+    recon_mass: Optional[torch.Tensor] = None  # (B,) −log P(x|z) as a mass of the 256 levels (evaluation)
     _means: Optional[tuple[torch.Tensor, torch.Tensor]] = field(default=None, repr=False, compare=False)
 
     def batch_means(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,12 +51,14 @@ def gaussian_kl_grad(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tens
     return mu, 0.5 * (logvar.exp() - 1.0)
 
 
-def elbo_terms(model: VAE, x: torch.Tensor, autocast: Optional[torch.dtype] = None, pieces: bool = False) -> Terms:
+def elbo_terms(model: VAE, x: torch.Tensor, autocast: Optional[torch.dtype] = None, pieces: bool = False,
+               eps: Optional[torch.Tensor] = None, mass: bool = False) -> Terms:
     """One-sample Monte Carlo ELBO terms for a batch x (B, C, H, W). ``autocast`` (e.g.
     torch.bfloat16): the encoder and decoder run under autocast to that dtype; μ, log σ², z, the
     log-likelihood and the KL stay float32. Without it everything stays in the model's dtype.
     ``pieces``: decode in pieces of bounded memory (:meth:`VAE.decode_pieces`; evaluation's large
-    batches), with the same draws."""
+    batches), with the same draws. ``eps`` (B, D): the reparameterization's draws, given.
+    ``mass``: also ``recon_mass``, from the same z (:meth:`Likelihood.log_mass`)."""
     def networks():
         return torch.autocast(x.device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
 
@@ -65,11 +68,12 @@ def elbo_terms(model: VAE, x: torch.Tensor, autocast: Optional[torch.dtype] = No
     with networks():
         mu, logvar = model.encode(x)
     mu, logvar = full(mu), full(logvar)
-    z = model.reparameterize(mu, logvar)
+    z = model.reparameterize(mu, logvar, eps)
     with networks():
-        params = model.decode_pieces(z, x) if pieces else model.decode(z, x)
-    recon = -model.likelihood.log_prob(full(params), x)
-    return Terms(recon, gaussian_kl(mu, logvar), mu, logvar)
+        params = full(model.decode_pieces(z, x) if pieces else model.decode(z, x))
+    recon = -model.likelihood.log_prob(params, x)
+    recon_mass = -model.likelihood.log_mass(params, x) if mass else None
+    return Terms(recon, gaussian_kl(mu, logvar), mu, logvar, recon_mass)
 
 
 def kl_penalty(kl_per_dim: torch.Tensor, free_bits: float, per_dim: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -17,8 +17,8 @@ from typing import Optional
 from vaerun.runs import find_runs
 
 METRICS = ("elbo", "recon", "kl", "active_units", "mi", "nll_iw")
-OPTIONAL_METRICS = ("mig", "test_nll_iw")  # shown when some run has it (mig: datasets with ground-truth factors;
-#                                            test_nll_iw: `vaerun eval` on the test split, best checkpoint)
+OPTIONAL_METRICS = ("bpd", "mig", "test_nll_iw")  # shown when some run has it (bpd: a code length, see
+#   honest_bpd; mig: datasets with ground-truth factors; test_nll_iw: `vaerun eval` on the test split, best checkpoint)
 IGNORED_KEYS = {"out_dir", "resume", "progress", "device", "tensorboard"}
 HIGHER_IS_BETTER = {"elbo", "active_units", "mi"}
 
@@ -53,6 +53,8 @@ def load(paths: list[str]) -> list[dict]:
             test = test_evaluation(folder.read_report("eval.json"))
         except ValueError:  # a truncated eval.json: the run still shows, without it
             test = None
+        if final is not None:
+            final = honest_bpd(final, config.get("likelihood.name"))
         if test and final:  # the honest number of the run, beside the validation ones
             final = {**final, "test_nll_iw": test["nll_iw"], "test_K": test["iw_samples"]}
         runs.append({"path": str(folder.path), "config": config, "summary": summary, "records": records,
@@ -60,6 +62,18 @@ def load(paths: list[str]) -> list[dict]:
                      "samples": [str(p) for p in folder.grids("samples")[-1:]],
                      "pictures": {k: str(p) for k, p in folder.pictures().items()}})
     return runs
+
+
+def honest_bpd(final: dict, likelihood: Optional[str]) -> dict:
+    """A validation record whose ``bpd`` is a code length, or without one: records written before
+    densities' bits/dim were their bins' mass carry the density's figure + 8 as ``bpd`` (no
+    ``bpd_density`` beside it), and a Bernoulli on grey levels has none (``bpd_xent``)."""
+    from vaerun.likelihoods import LIKELIHOODS
+
+    density = getattr(LIKELIHOODS.get(likelihood), "continuous", False)
+    if "bpd" in final and (density and "bpd_density" not in final or "bpd_xent" in final):
+        final = {k: v for k, v in final.items() if k != "bpd"}
+    return final
 
 
 def test_evaluation(report: dict) -> Optional[dict]:
@@ -209,7 +223,9 @@ def units_note(runs: list[dict]) -> Optional[str]:
     if len(kinds) > 1:
         mixed.append("likelihood kinds (" + "; ".join(f"{k}: {', '.join(v)}" for k, v in kinds.items()) + ")")
     return ("elbo, recon and nll_iw compare only between runs on the same data under the same kind of likelihood; "
-            f"these runs mix {' and '.join(mixed)}")
+            f"these runs mix {' and '.join(mixed)}" +
+            ("; bpd is a code length for each run that has one (a density's: the mass of each 8-bit level's bin), "
+             "so on the same data it compares across likelihoods" if len(data) == 1 else ""))
 
 
 def test_note(table: list[dict]) -> Optional[str]:

@@ -17,7 +17,7 @@ import torch
 from vaerun.config import TrainConfig, validate
 from vaerun.data import Data, load_data
 from vaerun.errors import ConfigError
-from vaerun.likelihoods import build_likelihood
+from vaerun.likelihoods import Bernoulli, build_likelihood
 from vaerun.models import VAE, build_vae, place
 from vaerun.models.fused import fused_pass
 from vaerun.objectives import Terms, elbo_terms, kl_penalty, training_loss
@@ -297,78 +297,123 @@ def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, be
     return loss.detach(), terms, grad_norm, ok
 
 
+IW_BLOCK = 100  # examples per importance-weighted block: each block's draws are seeded by its first index
+
+
 @torch.inference_mode()
 def evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float = 1.0, free_bits: float = 0.0,
-             seed: int = 0, au_threshold: float = 0.01, mi_examples: int = 1000, iw_samples: int = 0,
-             iw_examples: Optional[int] = None, on_batch: Optional[Callable[[int, int], None]] = None) -> dict:
-    """Validation metrics over a whole split, always at β = 1 (see README "Metrics").
+             capacity: Optional[tuple[float, float]] = None, seed: int = 0, au_threshold: float = 0.01,
+             mi_examples: int = 1000, iw_samples: int = 0, iw_examples: Optional[int] = None,
+             on_batch: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Validation metrics over a whole split, always at β = 1 (see docs: README "What the numbers mean").
 
     recon, kl, elbo, kl_per_dim: means per example, nats. active_units and au_variance from the
-    posterior means of every example; mi over the first ``mi_examples``; nll_iw (K = iw_samples)
-    over the first ``iw_examples`` (all when None), with iw_elbo, the ELBO over those same examples
-    (nll_iw ≤ −iw_elbo in expectation; over a subset, −elbo of the whole split is not comparable);
-    bpd from −elbo, bpd_iw from nll_iw.
-    ``loss`` is the β-weighted objective at the given β, for comparison only.
+    posterior means of every example; mi over the first ``mi_examples`` (``mi_n`` of them, with
+    its ceiling log mi_n and its noise ``mi_noise``); nll_iw (K = iw_samples) over the first
+    ``iw_examples`` (all when None), with iw_elbo, the ELBO over those same examples.
+    bpd is a code length: −elbo in bits per dimension for a mass (the Bernoulli on binary data,
+    the logistic), and for a density (Gaussian, continuous Bernoulli) the ELBO with p(x|z) taken
+    as the mass of each 8-bit level's bin (``elbo_mass``), beside ``bpd_density``, the density's
+    −elbo/(D ln 2) + 8, which is not one. The Bernoulli on grey levels has no code length:
+    ``bpd_xent`` instead. bpd_iw and nll_iw_mass likewise from the IW bound.
+    ``loss`` is the objective training minimises (β, free bits, ``capacity`` = (γ, C)), with the
+    split's means in place of a batch's.
 
-    Deterministic given the model and ``seed``: dynamic binarization and every Monte Carlo draw
-    (ε of the ELBO, the MI and IW samples) come from RNG state seeded here and restored after,
-    so the same checkpoint gives the same numbers later (``vaerun.load_run(...).evaluate()``) and
+    Deterministic given the model and ``seed``, and the same for every ``batch_size``: dynamic
+    binarization, the ELBO's ε and the MI's z are drawn for the whole split at once, and the IW
+    samples per block of IW_BLOCK examples, from generators seeded here (the global RNG is
+    restored after), so a checkpoint gives the same numbers later (``vaerun eval``) and
     evaluation never moves the training run's random stream."""
     device, was_training = data.train.images.device, model.training
     try:
         with seeded_rng(seed + 1299709, device):
-            return _evaluate(model, data, split, batch_size, beta=beta, free_bits=free_bits, seed=seed,
-                             au_threshold=au_threshold, mi_examples=mi_examples, iw_samples=iw_samples,
+            return _evaluate(model, data, split, batch_size, beta=beta, free_bits=free_bits, capacity=capacity,
+                             seed=seed, au_threshold=au_threshold, mi_examples=mi_examples, iw_samples=iw_samples,
                              iw_examples=iw_examples, on_batch=on_batch)
     finally:
         model.train(was_training)  # back to the mode it came in (a loaded run's model stays in eval)
 
 
-def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float, free_bits: float, seed: int,
-              au_threshold: float, mi_examples: int, iw_samples: int, iw_examples: Optional[int],
-              on_batch: Optional[Callable[[int, int], None]]) -> dict:
-    from vaerun.metrics import (active_units, aggregate_posterior_gap, aggregate_posterior_gap_full, bits_per_dim,
-                                iw_log_likelihood, mig, mutual_information)
+def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float, free_bits: float,
+              capacity: Optional[tuple[float, float]], seed: int, au_threshold: float, mi_examples: int,
+              iw_samples: int, iw_examples: Optional[int], on_batch: Optional[Callable[[int, int], None]]) -> dict:
+    from vaerun.metrics import (active_units, aggregate_posterior_gap, aggregate_posterior_gap_full,
+                                iw_log_likelihood, mi_noise, mig, mutual_information)
 
     model.eval()
-    gen = torch.Generator(device=data.train.images.device).manual_seed(seed + 104729)
-    n_total, n, recon, kl_dim, penalty, mus, logvars, iw = len(data.split(split)), 0, 0.0, 0.0, 0.0, [], [], []
-    iw_bound = 0.0  # recon + kl summed over the examples nll_iw covers: −elbo on the same images
-    for x in data.batches(split, batch_size, gen):
-        t = elbo_terms(model, x, pieces=True)
-        b = x.shape[0]
-        recon = recon + t.recon.double().sum()
-        kl_dim = kl_dim + t.kl_per_dim.double().sum(0)
-        penalty = penalty + b * kl_penalty(t.kl_per_dim, free_bits).double()
+    device = data.train.images.device
+    images = data.split(split).images
+    n = len(images)
+    noise = data.binarization_noise(images.shape, torch.Generator(device=device).manual_seed(seed + 104729))
+    eps = torch.randn((n, model.latent_dim), generator=torch.Generator(device=device).manual_seed(seed + 7907),
+                      device=device)
+    density = model.likelihood.continuous          # a density on [0, 1]: its code length is its bins' mass
+    xent = isinstance(model.likelihood, Bernoulli) and not data.is_binary()  # a cross-entropy, no code length
+
+    def prepared(lo: int, hi: int) -> torch.Tensor:
+        return data.prepare(images[lo:hi], noise=None if noise is None else noise[lo:hi])
+
+    recon, kl, mass, mus, logvars = [], [], [], [], []   # per example: (b,), (b, D), (b,), (b, D), (b, D)
+    for lo in range(0, n, batch_size):
+        t = elbo_terms(model, prepared(lo, lo + batch_size), pieces=True, eps=eps[lo:lo + batch_size], mass=density)
+        recon.append(t.recon.double())
+        kl.append(t.kl_per_dim.double())
         mus.append(t.mu)
         logvars.append(t.logvar)
-        if iw_samples > 0 and (iw_examples is None or n < iw_examples):
-            take = b if iw_examples is None else min(b, iw_examples - n)
-            with seeded_rng(seed + 15013 + n, x.device):  # its own stream: the ELBO is the same with or without IW
-                iw.append(iw_log_likelihood(model, x[:take], iw_samples))
-            iw_bound = iw_bound + t.recon[:take].double().sum() + t.kl_per_dim[:take].double().sum()
-        n += b
-        if on_batch is not None:
-            on_batch(n, n_total)
-    mu, logvar = torch.cat(mus), torch.cat(logvars)  # (N, D)
-    recon_m, kl_d = (recon / n).item(), (kl_dim / n).tolist()
-    kl_m, dims = sum(kl_d), math.prod(data.shape)
-    continuous = model.likelihood.continuous  # a density on [0, 1] (Gaussian, continuous Bernoulli), not a mass
+        if density:
+            mass.append(t.recon_mass.double())
+        if on_batch is not None and iw_samples <= 0:
+            on_batch(min(lo + batch_size, n), n)
+    recon, kl, mu, logvar = torch.cat(recon), torch.cat(kl), torch.cat(mus), torch.cat(logvars)  # (N,), (N, D) …
+    recon_m, kl_d = recon.mean(), kl.mean(0)
+    kl_m, dims = float(kl_d.sum()), math.prod(data.shape)
+    objective = Terms(recon_m[None], kl_d[None], None, None)   # the split's means, as training_loss reads a batch
     au, au_var = active_units(mu, au_threshold)
-    out = {"loss": recon_m + beta * (penalty / n).item(), "recon": recon_m, "kl": kl_m, "elbo": -(recon_m + kl_m),
-           "kl_per_dim": kl_d, "n": n, "active_units": au, "au_variance": au_var,
-           "mi": mutual_information(mu[:mi_examples], logvar[:mi_examples]),
+    mi_n = min(mi_examples, n)
+    out = {"loss": float(training_loss(objective, beta, free_bits, capacity)), "recon": float(recon_m),
+           "kl": kl_m, "elbo": -(float(recon_m) + kl_m), "kl_per_dim": kl_d.tolist(), "n": n,
+           "active_units": au, "au_variance": au_var,
+           "mi": mutual_information(mu[:mi_n], logvar[:mi_n],
+                                    generator=torch.Generator(device=device).manual_seed(seed + 6007)),
+           "mi_n": mi_n, "mi_ceiling": math.log(mi_n), "mi_noise": mi_noise(mi_n, mu.shape[1]),
            "aggregate_kl": aggregate_posterior_gap(mu, logvar),
-           "aggregate_kl_full": aggregate_posterior_gap_full(mu, logvar),
-           "bpd": bits_per_dim(recon_m + kl_m, dims, continuous)}
+           "aggregate_kl_full": aggregate_posterior_gap_full(mu, logvar)}
+    out.update(_code_lengths(-out["elbo"], None if not density else float(torch.cat(mass).mean()) + kl_m, dims,
+                             density, xent, ""))
     labels = data.split(split).labels
     if labels is not None and labels.ndim == 2 and labels.shape[0] == n:   # ground-truth factors (shapes)
         out.update(mig(mu, labels, data.label_names))
-    if iw:
-        nll, iw_n = -torch.cat(iw).mean().item(), sum(len(v) for v in iw)
-        out.update(nll_iw=nll, iw_samples=iw_samples, iw_n=iw_n, iw_elbo=-(iw_bound / iw_n).item(),
-                   bpd_iw=bits_per_dim(nll, dims, continuous))
+    if iw_samples > 0:
+        iw_n = n if iw_examples is None else min(iw_examples, n)
+        iw = []
+        for lo in range(0, iw_n, IW_BLOCK):
+            hi = min(lo + IW_BLOCK, iw_n)
+            with seeded_rng(seed + 15013 + lo, device):  # its own stream: the ELBO is the same with or without IW
+                iw.append(iw_log_likelihood(model, prepared(lo, hi), iw_samples, mass=density))
+            if on_batch is not None:
+                on_batch(hi, iw_n)
+        lw = torch.cat(iw, dim=-1)                                      # (iw_n,) or (2, iw_n): density, mass
+        nll = -float(lw[0].mean() if density else lw.mean())
+        out.update(nll_iw=nll, iw_samples=iw_samples, iw_n=iw_n,
+                   iw_elbo=-float(recon[:iw_n].mean() + kl[:iw_n].sum(1).mean()))
+        if density:
+            out["nll_iw_mass"] = -float(lw[1].mean())
+        out.update(_code_lengths(nll, out.get("nll_iw_mass"), dims, density, xent, "_iw"))
     return out
+
+
+def _code_lengths(nll: float, nll_mass: Optional[float], dims: int, density: bool, xent: bool, suffix: str) -> dict:
+    """bits/dim entries for one negative log-likelihood (nats per example; see :func:`evaluate`):
+    ``bpd`` + suffix when it is a code length, and the labelled figure that is not one."""
+    from vaerun.metrics import bits_per_dim
+
+    if density:
+        return {f"bpd{suffix}": bits_per_dim(nll_mass, dims),
+                f"bpd_density{suffix}": bits_per_dim(nll, dims) + 8.0,   # + log2 256 per dim: not a code length
+                **({"elbo_mass": -nll_mass} if not suffix else {})}
+    if xent:
+        return {f"bpd_xent{suffix}": bits_per_dim(nll, dims)}
+    return {f"bpd{suffix}": bits_per_dim(nll, dims)}
 
 
 class Accumulator:

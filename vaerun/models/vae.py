@@ -30,9 +30,9 @@ class VAE(nn.Module):
         return self.encoder(x)
 
     @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2013, eq. 10)."""
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2013, eq. 10); ``eps`` (B, D): given draws."""
+        return mu + torch.exp(0.5 * logvar) * (torch.randn_like(mu) if eps is None else eps)
 
     def decode(self, z: torch.Tensor, x: Optional[torch.Tensor] = None) -> torch.Tensor:
         """z (B, D) -> likelihood parameters (B, C*K, H, W); ``x`` for teacher-forced decoders."""
