@@ -27,7 +27,7 @@ LEVELS = torch.arange(256, dtype=torch.float64) / 255
 
 def grey_data(n: int = 96, binarize: str = "none", saturated: float = 0.8, seed: int = 0) -> Data:
     """8-bit 1x8x8 images whose pixels sit on 0 or 255 with probability ``saturated``, else on a
-    random grey level (as MNIST's 81.6 %)."""
+    random grey level (as 81.5 % of MNIST's training pixels)."""
     g = torch.Generator().manual_seed(seed)
     grey = torch.randint(1, 255, (3 * n, 1, 8, 8), generator=g, dtype=torch.uint8)
     ends = (torch.rand(grey.shape, generator=g) < 0.5).to(torch.uint8) * 255

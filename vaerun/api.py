@@ -116,9 +116,10 @@ class Run:
     def evaluate(self, split: str = "val", checkpoint: str = "best", iw_samples: int = 0,
                  seed: Optional[int] = None, batch_size: Optional[int] = None, on_batch=None) -> dict:
         """The run's evaluation of a checkpoint on a split (ELBO terms, KL per dim, active units,
-        MI, and nll_iw when ``iw_samples`` > 0), exactly as training computed it: with the run's
-        seed and eval_batch_size, the val ELBO of ``best`` equals summary["best_val"]["elbo"].
-        ``on_batch(n_done, n_total)`` reports progress."""
+        MI, and nll_iw when ``iw_samples`` > 0), as training computed it: with the run's seed the
+        val ELBO of ``best`` equals summary["best_val"]["elbo"], whatever ``batch_size`` (default
+        the run's eval_batch_size; another one changes only float rounding). ``loss`` here is at
+        β = 1 without free bits or capacity. ``on_batch(n_done, n_total)`` reports progress."""
         from vaerun.train import evaluate
 
         cfg = self.cfg

@@ -114,8 +114,9 @@ class Reporter:
             iw = f" | nll_iw(K={rec['iw_samples']}) {rec['nll_iw']:.3f}"
             if rec.get("iw_n", rec["n"]) < rec["n"] and "iw_elbo" in rec:  # a subset: its own −elbo beside it
                 iw += f" on {rec['iw_n']} ex (−elbo {-rec['iw_elbo']:.3f} there)"
-        log.info("val @ step %d | elbo %.3f | recon %.3f | kl %.3f | active units %d/%d | mi %.3f%s%s",
-                 rec["step"], rec["elbo"], rec["recon"], rec["kl"], rec["active_units"], d, rec["mi"], iw,
+        ceiling = f" (≤ log {rec['mi_n']} = {rec['mi_ceiling']:.2f})" if "mi_ceiling" in rec else ""
+        log.info("val @ step %d | elbo %.3f | recon %.3f | kl %.3f | active units %d/%d | mi %.3f%s%s%s",
+                 rec["step"], rec["elbo"], rec["recon"], rec["kl"], rec["active_units"], d, rec["mi"], ceiling, iw,
                  " | best so far" if best else "")
 
 

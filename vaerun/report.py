@@ -163,6 +163,9 @@ def rows(runs: list[dict], aggregate_seeds: bool = True, columns: tuple[str, ...
         bounds = [float(f["iw_elbo"]) for f in iw if isinstance(f.get("iw_elbo"), (int, float))]
         if bounds:  # ... and its own bound there: the ELBO of those images (runs since 2026-11-28)
             row["iw_elbo"] = statistics.fmean(bounds)
+        mis = [x["final"] for x in members if x["final"] and x["final"].get("mi_n")]
+        if mis:  # how many examples the MI came from, and its noise (records since the honest-numbers pass)
+            row["mi_n"], row["mi_noise"] = min(f["mi_n"] for f in mis), max(f.get("mi_noise") or 0 for f in mis)
         walls = [x["summary"].get("wall_time_s") for x in members if x["summary"].get("wall_time_s") is not None]
         row["wall_time_s"] = statistics.fmean(walls) if walls else None
         row["diagnosis"] = " / ".join(dict.fromkeys(d for d in (_diagnosis(m["summary"]) for m in members) if d)) or None
@@ -181,6 +184,18 @@ def iw_note(table: list[dict]) -> Optional[str]:
     return (f"nll_iw: on the first {min(r['iw_n'] for r in subset)} validation images (diagnostics.iw_examples), "
             "so its bound is −iw_elbo of those images (--format json), not −elbo; vaerun eval RUN computes it "
             "on the whole split")
+
+
+def mi_note(table: list[dict]) -> Optional[str]:
+    """What mi is, when some row has one: an estimate from the first mi_n validation examples,
+    whose ceiling is log mi_n (a healthy code reads near it) and whose noise is mi_noise."""
+    have = [r for r in table if r.get("mi") is not None and r.get("mi_n")]
+    if not have:
+        return None
+    ns = sorted({int(r["mi_n"]) for r in have})
+    return ("mi: from the first " + "/".join(map(str, ns)) + " validation examples (diagnostics.mi_examples): its "
+            "ceiling is log N = " + "/".join(f"{math.log(n):.2f}" for n in ns) + " nats, so values near it are "
+            "saturated, not equal; its noise is about ±" + f"{max(r.get('mi_noise') or 0 for r in have):.2f}")
 
 
 def _measures(run: dict) -> tuple[tuple, str, str]:
@@ -243,7 +258,7 @@ def test_note(table: list[dict]) -> Optional[str]:
 def table_notes(runs: list[dict], table: list[dict]) -> list[str]:
     """The notes under a comparison table: units, nll_iw's subset, the test evaluation (each when
     it applies)."""
-    return [n for n in (units_note(runs), iw_note(table), test_note(table)) if n]
+    return [n for n in (units_note(runs), iw_note(table), mi_note(table), test_note(table)) if n]
 
 
 def _diagnosis(summary: dict) -> Optional[str]:
