@@ -196,3 +196,12 @@ def test_results_page_sweep_and_likelihood_sections_come_from_the_folders(tmp_pa
         assert (out.parent / r["samples_png"]).read_bytes() == r["samples"].read_bytes()
         assert f"({r['recon_png']})" in text and f"| {r['bpd']:.4f} |" in text
     assert f"| 4 | {last['kl']:.2f} | {last['recon']:.2f} |" in text
+    # a density's bits/dim on the page is its code length, beside its labelled density figure
+    for r in liks:
+        assert r["bpd_density"] is not None and f"| {r['bpd']:.4f} |" in text and f"| {r['bpd_density']:.4f} |" in text
+    # regenerating one section keeps the others as last written
+    previous = "# Results\n\nintro\n\n## Reproductions\n\n| kept row |\n\n## β sweep on shapes: rate–distortion and " \
+               "disentanglement\n\n| old sweep |\n\n## Likelihoods on Fashion-MNIST: the blur difference\n\n| old liks |\n"
+    merged = results_page.merged([], [], liks, previous)
+    assert "| kept row |" in merged and "| old sweep |" in merged and "| old liks |" not in merged
+    assert f"| {liks[0]['bpd']:.4f} |" in merged and merged.count("## ") == 3
