@@ -200,7 +200,7 @@ def likelihood_section(liks: list[dict]) -> list[str]:
              "of each level's bin v/255 ± ½/255 under the density (the edge bins take the tails), so the column "
              "compares across likelihoods. `bpd_density` is a density's own −ELBO/(D ln 2) + 8: a code length "
              "only for uniformly dequantized data, not for these levels, where a density can grow without limit "
-             "(most Fashion-MNIST pixels are 0), so it is not comparable with anything (README \"Metrics\"). "
+             "(most Fashion-MNIST pixels are 0), so it is not comparable with anything (docs/metrics.md). "
              "Sample grids show each likelihood's mean decoded from prior draws; reconstructions pair inputs "
              "(odd rows) with their decoded posterior means (even rows).", "",
              "| likelihood | val bits/dim (ELBO) | val bits/dim (IW) | bpd_density (not a code length) | KL | "

@@ -25,7 +25,7 @@ commands:
 {commands}
 
 `vaerun <command> --help` shows a command's options; `vaerun train --help` lists every config
-group, option and key. Documentation: README.md.
+group, option and key. Documentation: README.md and docs/ (every key: docs/config.md).
 """
 
 

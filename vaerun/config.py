@@ -133,7 +133,7 @@ class Progress(Enum):
 # ---------------------------------------------------------------- group schemas
 @dataclass
 class DatasetConfig:
-    name: DatasetName = DatasetName.shapes
+    name: DatasetName = DatasetName.shapes  # which data (dataset=NAME picks the option and its defaults)
     root: Optional[str] = None         # torchvision datasets; null = $VAERUN_DATA or ~/.cache/vaerun/data
     download: bool = True              # torchvision datasets: try to download when files are missing
     path: Optional[str] = None         # image_folder: the folder of images (searched recursively)
@@ -143,19 +143,19 @@ class DatasetConfig:
     val_size: int = 2000               # examples held out from the training set for validation
     test_size: int = 2000              # shapes, image_folder: size of the test split
     subset: Optional[int] = None       # keep only the first N examples of each split
-    binarize: Binarize = Binarize.none
+    binarize: Binarize = Binarize.none  # static: one fixed Bernoulli draw per pixel; dynamic: a fresh draw per batch
     on_bad_image: OnBadImage = OnBadImage.error  # image_folder: a corrupt file stops, or is skipped and counted
 
 
 @dataclass
 class ModelConfig:
-    name: ModelName = ModelName.mlp
-    latent_dim: int = 10
+    name: ModelName = ModelName.mlp  # the encoder/decoder architecture (model=NAME)
+    latent_dim: int = 10               # D, the size of z
     hidden: List[int] = field(default_factory=lambda: [512, 256])    # mlp
     channels: List[int] = field(default_factory=lambda: [32, 64, 64])  # conv, stride-2 stages
     kernel: int = 4                                                  # conv
-    activation: Activation = Activation.relu
-    init: Init = Init.default
+    activation: Activation = Activation.relu  # the hidden layers' nonlinearity
+    init: Init = Init.default          # weight initialisation: torch's default, Xavier or Kaiming
     ar_layers: int = 6                 # autoregressive: masked (gated) conv layers: decoder power
     ar_kernel: int = 5                 # autoregressive: masked kernel size (odd): receptive field
     ar_width: int = 64                 # autoregressive: channels (rounded up to a multiple of the image channels)
@@ -165,17 +165,17 @@ class ModelConfig:
 
 @dataclass
 class LikelihoodConfig:
-    name: LikelihoodName = LikelihoodName.bernoulli
+    name: LikelihoodName = LikelihoodName.bernoulli  # p(x|z) (likelihood=NAME)
     sigma: float = 0.1                 # gaussian: fixed σ, or the initial σ when learned
-    learn_sigma: LearnSigma = LearnSigma.none
+    learn_sigma: LearnSigma = LearnSigma.none  # gaussian: σ fixed, one learned, one per channel, or per pixel from z
     min_log_sigma: float = -6.0        # gaussian: log σ is clamped to [min, max]
-    max_log_sigma: float = 2.0
+    max_log_sigma: float = 2.0         # gaussian: the upper clamp of log σ
     mixtures: int = 1                  # logistic: mixture components per channel (1 = one discretized logistic)
 
 
 @dataclass
 class ScheduleConfig:
-    name: ScheduleName = ScheduleName.constant
+    name: ScheduleName = ScheduleName.constant  # β over training (schedule=NAME)
     beta_start: float = 0.0            # β at the start of a warm-up or of each cycle
     warmup_steps: int = 1000           # linear, sigmoid: steps from beta_start to beta
     delay_steps: int = 0               # linear, sigmoid: steps held at beta_start first
@@ -185,15 +185,15 @@ class ScheduleConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: OptimizerName = OptimizerName.adam
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    name: OptimizerName = OptimizerName.adam  # optimizer=NAME
+    lr: float = 1e-3                   # learning rate
+    weight_decay: float = 0.0          # L2 penalty (adam, sgd, rmsprop) or decoupled decay (adamw)
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
-    eps: float = 1e-8
+    eps: float = 1e-8                  # adam, adamw, rmsprop: the denominator's epsilon
     momentum: float = 0.0              # sgd, rmsprop
     grad_clip: float = 0.0             # max global gradient norm; 0 = off
     fused: bool = True                 # adam, adamw: one fused update kernel where torch has it (CPU, CUDA)
-    lr_scheduler: LRScheduler = LRScheduler.none
+    lr_scheduler: LRScheduler = LRScheduler.none  # the learning rate over training (plateau steps on the validation loss)
     lr_step_size: int = 2000           # step: decay every N optimizer steps
     lr_gamma: float = 0.5              # step, plateau: multiply the lr by this
     lr_patience: int = 2               # plateau: evaluations without improvement
@@ -227,7 +227,7 @@ class CapacityConfig:
 class AggressiveConfig:
     """Aggressive inference-network training (He et al. 2019): before each step, encoder-only
     updates on fresh batches until the loss stops falling; off once validation MI stops rising."""
-    enabled: bool = False
+    enabled: bool = False              # on: aggressive training from the first step
     max_inner: int = 100               # encoder-only updates per step at most (the paper: 100)
     check_every: int = 15              # compare the summed loss of successive windows of this many updates
 
@@ -255,12 +255,12 @@ class TrainConfig:
     aggressive: AggressiveConfig = field(default_factory=AggressiveConfig)
     beta: float = 1.0                  # target β of every schedule
     free_bits: float = 0.0             # λ nats per latent dim (Kingma et al. 2016); 0 = off
-    epochs: int = 12
+    epochs: int = 12                   # passes over the training split
     max_steps: Optional[int] = None    # when set, overrides epochs
-    batch_size: int = 128
-    eval_batch_size: int = 1000
-    seed: int = 0
-    device: Device = Device.auto
+    batch_size: int = 128              # examples per training step
+    eval_batch_size: int = 1000        # examples per evaluation batch (the numbers do not depend on it)
+    seed: int = 0                      # every random draw: data, init, ε, batches, evaluation
+    device: Device = Device.auto       # auto: CUDA, then MPS, then the CPU
     precision: Precision = Precision.fp32  # training's arithmetic (evaluation is always float32)
     compile: bool = False              # torch.compile the training step's forward pass (and its backward)
     compile_mode: CompileMode = CompileMode.default  # torch.compile's mode (with compile=true)
@@ -270,8 +270,8 @@ class TrainConfig:
     sample_every: int = 1000           # steps between sample/reconstruction grids (also at the end)
     num_samples: int = 64              # images in each sample grid
     log_every: int = 50                # steps between train log lines / metrics records
-    progress: Progress = Progress.auto
-    tensorboard: bool = True
+    progress: Progress = Progress.auto  # bar on a terminal, log lines elsewhere (auto)
+    tensorboard: bool = True           # also write TensorBoard event files into tb/
     out_dir: str = "outputs"           # root of run folders (used by hydra.run.dir / sweep.dir)
     resume: Optional[str] = None       # a run folder to continue from its checkpoints/last.pt
     checkpoint_every: int = 500        # steps between checkpoints/last.pt (also at every eval and the end)

@@ -219,7 +219,7 @@ def _imbalance(val: dict, beta: float, thr: float, schedule: Optional[dict] = No
                        f", {full:.2f} counting the correlations between dims" if full is not None and full > agg + 1
                        else "") + "; moments cannot see codes that cluster (by class, say), whose gaps prior samples "
                    "fall into: where they look worse than reconstructions, `vaerun sample RUN --z gmm` draws z "
-                   "from a mixture fitted to the codes (README, \"Prior samples\")")
+                   "from a mixture fitted to the codes (docs/studies.md, \"Prior samples\")")
 
 
 def _spikes(values: list[float], factor: float) -> int:
@@ -408,7 +408,7 @@ def _likelihood(audit: Optional[dict], cfg_lik: dict, cfg_data: dict) -> dict:
     if piled:
         return verdict("likelihood", "warning", "a continuous density on pixels piled at 0 and 255", ev,
                        f"{100 * (audit or {}).get('saturated_share', 0):.1f} % of the pixels sit exactly on 0 or 255, "
-                       "where a density can grow without bound as the model sharpens: its nats flatter it and only "
+                       "where a density can grow without bound as the model sharpens: its nats can flatter it and only "
                        "bpd (each level's bin mass) is a code length comparable with a mass likelihood's",
                        ["likelihood=logistic"])
     if bern:

@@ -15,7 +15,7 @@
       eval.json               `vaerun eval` results, one entry per split/checkpoint/K
       diagnosis.json/.md      `vaerun diagnose` verdicts
 
-All losses are nats per example; see README "The run folder".
+All losses are nats per example; see README "The run folder" and docs/guide.md.
 """
 from __future__ import annotations
 

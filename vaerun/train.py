@@ -305,7 +305,7 @@ def evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float
              capacity: Optional[tuple[float, float]] = None, seed: int = 0, au_threshold: float = 0.01,
              mi_examples: int = 1000, iw_samples: int = 0, iw_examples: Optional[int] = None,
              on_batch: Optional[Callable[[int, int], None]] = None) -> dict:
-    """Validation metrics over a whole split, always at β = 1 (see docs: README "What the numbers mean").
+    """Validation metrics over a whole split, always at β = 1 (docs/metrics.md).
 
     recon, kl, elbo, kl_per_dim: means per example, nats. active_units and au_variance from the
     posterior means of every example; mi over the first ``mi_examples`` (``mi_n`` of them, with
