@@ -103,7 +103,7 @@ def test_sweep_jobs_are_hydras_product_and_the_check_composes_each():
 def test_a_home_folder_path_is_expanded(tmp_path, given):
     """The README's own `dataset.path=~/photos` was a Hydra syntax error ("token recognition
     error at: '~'"): the shell does not expand ~ after key=, and Hydra's grammar rejects it."""
-    from vaerun.cli import expand_home
+    from vaerun.overrides import expand_home
 
     home = os.path.expanduser("~")
     assert expand_home([given, "out_dir=~", "beta=1", "+resume=~/r"]) == [

@@ -3,7 +3,7 @@
 Nothing heavy happens at import; ``vaerun.train_run`` and ``vaerun.load_run`` import torch when
 used.
 """
-__version__ = "0.1.0"
+from vaerun.version import __version__  # noqa: F401  (re-exported)
 
 
 def load_run(path, device: str = "cpu"):

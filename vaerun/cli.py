@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
+
+from vaerun.overrides import expand_home
 
 COMMANDS = {
     "train": "train a VAE: vaerun train [group=option ...] [key=value ...]; -m to sweep; resume=RUN",
@@ -76,29 +77,6 @@ def _flags_then_overrides(args: list[str], extra: list[str]) -> list[str]:
     return [*flags, *overrides, *extra]
 
 
-PATH_KEYS = ("dataset.path", "dataset.root", "out_dir", "resume")
-_HYDRA_PLAIN = re.compile(r"[\w/.\-:@+%]*")  # a value Hydra's override grammar reads without quotes
-
-
-def expand_home(args: list[str]) -> list[str]:
-    """``~`` at the start of a path key's value (``dataset.path=~/photos``) expanded to the home
-    folder: the shell leaves it alone after ``key=`` and Hydra's override grammar rejects it
-    ("token recognition error at: '~'"). A quoted value (``'dataset.path="~/photos"'``) too; the
-    result is quoted for Hydra when it holds characters its grammar would not take bare."""
-    out = []
-    for a in args:
-        key, eq, value = a.partition("=")
-        if eq and key.lstrip("+~") in PATH_KEYS:
-            quoted = len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]
-            raw = value[1:-1] if quoted else value
-            if raw.startswith("~"):
-                raw = os.path.expanduser(raw)
-                value = raw if _HYDRA_PLAIN.fullmatch(raw) else '"' + raw.replace("\\", "\\\\").replace('"', '\\"') + '"'
-                a = f"{key}={value}"
-        out.append(a)
-    return out
-
-
 def _value(args: list[str], key: str):
     """The value given to ``key=`` on the command line (the last one), or None."""
     values = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0] == key and "=" in a]
@@ -137,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if args[0] == "--version":
-        from vaerun import __version__
+        from vaerun.version import __version__
 
         print(f"vaerun {__version__}")
         return 0

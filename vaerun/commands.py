@@ -282,7 +282,7 @@ def plan_main(argv: list[str]) -> int:
     a = p.parse_intermixed_args(argv)  # flags anywhere among the overrides, as vaerun train takes -m
     import json
 
-    from vaerun.cli import expand_home
+    from vaerun.overrides import expand_home
     from vaerun.confcheck import check, check_sweep, declared_sweep, override_key, sweep_axes, sweep_jobs
     from vaerun.plan import figure
 

@@ -371,7 +371,7 @@ def provenance() -> dict:
     """Versions of Python, torch and vaerun, and the git commit of vaerun's source tree if any."""
     import torch
 
-    from vaerun import __version__
+    from vaerun.version import __version__
 
     info = {"python": platform.python_version(), "torch": torch.__version__, "vaerun": __version__,
             "platform": platform.platform()}
