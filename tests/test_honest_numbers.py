@@ -210,3 +210,15 @@ def test_eval_of_the_val_split_reproduces_the_runs_validation_record(tmp_path):
         res = json.loads((run / "eval.json").read_text())["val/best/K=8"]
         for key in ("elbo", "recon", "kl", "mi", "nll_iw", "active_units"):
             assert res[key] == pytest.approx(best[key], rel=1e-5, abs=1e-6), (key, batch)
+
+
+def test_compare_shows_bpd_only_where_it_is_a_code_length():
+    from vaerun.report import honest_bpd
+
+    new_density = {"bpd": 4.7, "bpd_density": 1.6}
+    assert honest_bpd(new_density, "continuous_bernoulli")["bpd"] == 4.7
+    assert "bpd" not in honest_bpd({"bpd": 1.85}, "continuous_bernoulli")       # written before: the density's
+    assert "bpd" not in honest_bpd({"bpd": 0.2}, "bernoulli", binary=False)     # an older cross-entropy
+    assert "bpd" not in honest_bpd({"bpd_xent": 0.2}, "bernoulli", binary=False)
+    assert honest_bpd({"bpd": 0.11}, "bernoulli", binary=True)["bpd"] == 0.11
+    assert honest_bpd({"bpd": 3.6}, "logistic")["bpd"] == 3.6

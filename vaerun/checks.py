@@ -55,9 +55,9 @@ def audit(model: VAE, data: Data, batch_size: int, beta0: float, beta: float, fr
     if not binary and lik.continuous and saturated > 0.5:
         notes.append(f"density on pixels piled at 0 and 255 ({type(lik).__name__} on {data.name}: "
                      f"{100 * saturated:.1f} % of the training pixels): at those two levels a density can grow "
-                     f"without bound as the model sharpens, so its nats and bits/dim (bpd_density) can flatter it without limit; "
-                     f"only bpd, the mass of each level's bin, is a code length (fix: likelihood=logistic, a mass "
-                     f"on the 256 levels)")
+                     f"without bound as the model sharpens, so its nats and bits/dim (bpd_density) can flatter "
+                     f"it without limit; only bpd, the mass of each level's bin, is a code length (fix: "
+                     f"likelihood=logistic, a mass on the 256 levels)")
     if isinstance(lik, Gaussian) and lik.learn_sigma == "none":
         sigma, spread = float(lik.sigma().max()), float(x.std())
         if sigma > 0.5 * spread:

@@ -54,7 +54,8 @@ def load(paths: list[str]) -> list[dict]:
         except ValueError:  # a truncated eval.json: the run still shows, without it
             test = None
         if final is not None:
-            final = honest_bpd(final, config.get("likelihood.name"))
+            audit = next((r for r in records if r.get("split") == "audit"), {})
+            final = honest_bpd(final, config.get("likelihood.name"), audit.get("binary"))
         if test and final:  # the honest number of the run, beside the validation ones
             final = {**final, "test_nll_iw": test["nll_iw"], "test_K": test["iw_samples"]}
         runs.append({"path": str(folder.path), "config": config, "summary": summary, "records": records,
@@ -64,14 +65,16 @@ def load(paths: list[str]) -> list[dict]:
     return runs
 
 
-def honest_bpd(final: dict, likelihood: Optional[str]) -> dict:
-    """A validation record whose ``bpd`` is a code length, or without one: records written before
+def honest_bpd(final: dict, likelihood: Optional[str], binary: Optional[bool] = None) -> dict:
+    """A validation record whose ``bpd`` is a code length, or without one. Records written before
     densities' bits/dim were their bins' mass carry the density's figure + 8 as ``bpd`` (no
-    ``bpd_density`` beside it), and a Bernoulli on grey levels has none (``bpd_xent``)."""
+    ``bpd_density`` beside it), and a Bernoulli on grey levels (``binary`` False, as the step-0
+    audit found the data) has none: its figure is a cross-entropy (``bpd_xent`` since)."""
     from vaerun.likelihoods import LIKELIHOODS
 
     density = getattr(LIKELIHOODS.get(likelihood), "continuous", False)
-    if "bpd" in final and (density and "bpd_density" not in final or "bpd_xent" in final):
+    xent = "bpd_xent" in final or (likelihood == "bernoulli" and binary is False)
+    if "bpd" in final and (density and "bpd_density" not in final or xent):
         final = {k: v for k, v in final.items() if k != "bpd"}
     return final
 

@@ -20,7 +20,7 @@ from vaerun.errors import ConfigError
 from vaerun.likelihoods import Bernoulli, build_likelihood
 from vaerun.models import VAE, build_vae, place
 from vaerun.models.fused import fused_pass
-from vaerun.objectives import Terms, elbo_terms, kl_penalty, training_loss
+from vaerun.objectives import Terms, elbo_terms, training_loss
 from vaerun.optim import WeightAverage, build_lr_scheduler, build_optimizer, optimizer_step, zero_grad
 from vaerun.schedules import Capacity, build_schedule
 
