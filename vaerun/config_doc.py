@@ -75,7 +75,7 @@ def keys_table(title: str, schema: type, prefix: str) -> list[str]:
         lines += [" ".join(doc.split()), ""]
     lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for f in dataclasses.fields(schema):
-        if dataclasses.is_dataclass(f.type) or f.type in {s.__name__ for _, s, _ in SECTIONS}:
+        if f.type in {s.__name__ for _, s, _ in SECTIONS}:   # annotations are strings in config.py
             continue  # a nested group: its own section
         lines.append(f"| `{prefix}{f.name}` | {_type(f)} | {_default(f)} | {_cell(comments.get(f.name, ''))} |")
     return lines + [""]

@@ -77,10 +77,7 @@ class Data:
     def is_binary(self) -> bool:
         """True when the model sees only 0/1 pixels: dynamic binarization, or every training pixel
         is 0 or 255 (after static binarization, if any)."""
-        if self.binarize == "dynamic":
-            return True
-        x = self.train.images
-        return bool(((x == 0) | (x == 255)).all())
+        return self.binarize == "dynamic" or self.saturated_share() == 1.0
 
     def saturated_share(self) -> float:
         """The share of training pixels at exactly 0 or 255 (before dynamic binarization): where
@@ -159,7 +156,7 @@ def shapes_splits(sizes: Sequence[int], image_size: int, seed: int) -> list["Spl
 
     Draws from the factor grid repeat, and distinct factors can render alike (a square turned
     by 90°, an ellipse by 180°, small turns at low resolution): drawn per split independently,
-    about a fifth of the held-out images were training images. Here each image goes to the
+    about a fifth of the held-out images would be training images. Here each image goes to the
     split its bytes' hash picks (in proportion to ``sizes``), so equal images always share a
     split; draws for a split already full are dropped, and more are rendered until all are full."""
     import hashlib
@@ -167,17 +164,17 @@ def shapes_splits(sizes: Sequence[int], image_size: int, seed: int) -> list["Spl
     g = torch.Generator().manual_seed(seed)
     total = sum(sizes)
     edges = torch.tensor(list(itertools.accumulate(sizes)), dtype=torch.float64) / total   # (S,) cumulative shares
-    images, factors, picks = [], [], []
+    images, factors, splits, picks = [], [], [], []
     while not picks or any(len(p) < n for p, n in zip(picks, sizes)):
         imgs, facs = make_shapes(total, image_size, seed, generator=g)
+        keys = torch.tensor([int.from_bytes(hashlib.blake2b(img.tobytes(), digest_size=6).digest(), "little")
+                             for img in imgs.numpy()], dtype=torch.float64) / 2 ** 48          # (n,) in [0, 1)
         images.append(imgs)
         factors.append(facs)
-        all_images = torch.cat(images)
-        keys = torch.tensor([int.from_bytes(hashlib.blake2b(img.tobytes(), digest_size=6).digest(), "little")
-                             for img in all_images.numpy()], dtype=torch.float64) / 2 ** 48   # (N,) in [0, 1)
-        split = torch.searchsorted(edges, keys, right=True)                                   # (N,)
+        splits.append(torch.searchsorted(edges, keys, right=True))                           # (n,) split ids
+        split = torch.cat(splits)
         picks = [torch.nonzero(split == k).flatten()[:n] for k, n in enumerate(sizes)]
-    all_factors = torch.cat(factors)
+    all_images, all_factors = torch.cat(images), torch.cat(factors)
     return [Split(all_images[p], all_factors[p]) for p in picks]
 
 

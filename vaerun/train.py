@@ -337,8 +337,8 @@ def evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float
 def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: float, free_bits: float,
               capacity: Optional[tuple[float, float]], seed: int, au_threshold: float, mi_examples: int,
               iw_samples: int, iw_examples: Optional[int], on_batch: Optional[Callable[[int, int], None]]) -> dict:
-    from vaerun.metrics import (active_units, aggregate_posterior_gap, aggregate_posterior_gap_full,
-                                iw_log_likelihood, mi_noise, mig, mutual_information)
+    from vaerun.metrics import (active_units, aggregate_posterior_gap, aggregate_posterior_gap_full, mi_noise, mig,
+                                mutual_information)
 
     model.eval()
     device = data.train.images.device
@@ -385,14 +385,7 @@ def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: floa
         out.update(mig(mu, labels, data.label_names))
     if iw_samples > 0:
         iw_n = n if iw_examples is None else min(iw_examples, n)
-        iw = []
-        for lo in range(0, iw_n, IW_BLOCK):
-            hi = min(lo + IW_BLOCK, iw_n)
-            with seeded_rng(seed + 15013 + lo, device):  # its own stream: the ELBO is the same with or without IW
-                iw.append(iw_log_likelihood(model, prepared(lo, hi), iw_samples, mass=density))
-            if on_batch is not None:
-                on_batch(hi, iw_n)
-        lw = torch.cat(iw, dim=-1)                                      # (iw_n,) or (2, iw_n): density, mass
+        lw = _iw_estimates(model, prepared, iw_n, iw_samples, seed, device, density, on_batch)
         nll = -float(lw[0].mean() if density else lw.mean())
         out.update(nll_iw=nll, iw_samples=iw_samples, iw_n=iw_n,
                    iw_elbo=-float(recon[:iw_n].mean() + kl[:iw_n].sum(1).mean()))
@@ -400,6 +393,24 @@ def _evaluate(model: VAE, data: Data, split: str, batch_size: int, *, beta: floa
             out["nll_iw_mass"] = -float(lw[1].mean())
         out.update(_code_lengths(nll, out.get("nll_iw_mass"), dims, density, xent, "_iw"))
     return out
+
+
+def _iw_estimates(model: VAE, prepared: Callable[[int, int], torch.Tensor], iw_n: int, k: int, seed: int,
+                  device: torch.device, mass: bool, on_batch: Optional[Callable[[int, int], None]]) -> torch.Tensor:
+    """The K-sample log p(x) estimates of the first ``iw_n`` examples, (iw_n,) nats, or (2, iw_n)
+    with ``mass`` (the likelihood's own, then the 256-level mass). Blocks of IW_BLOCK examples,
+    each on its own stream seeded by its first index: the same at any evaluation batch size, and
+    the ELBO's draws are the same with or without them."""
+    from vaerun.metrics import iw_log_likelihood
+
+    out = []
+    for lo in range(0, iw_n, IW_BLOCK):
+        hi = min(lo + IW_BLOCK, iw_n)
+        with seeded_rng(seed + 15013 + lo, device):
+            out.append(iw_log_likelihood(model, prepared(lo, hi), k, mass=mass))
+        if on_batch is not None:
+            on_batch(hi, iw_n)
+    return torch.cat(out, dim=-1)
 
 
 def _code_lengths(nll: float, nll_mass: Optional[float], dims: int, density: bool, xent: bool, suffix: str) -> dict:
